@@ -1,0 +1,71 @@
+"""The contract every agent keeps, so one runner drives them all (Tianshou's collector/policy split)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+
+class Agent(ABC):
+    """An agent decides and learns; it never steps an environment.
+
+    All arrays are batched over the ``num_envs`` environments of a vector env. ``observe`` receives, for an
+    environment whose episode just ended, the true final observation as ``next_obs``; the runner then resets
+    that environment itself, so the next ``act`` sees the first observation of a new episode.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        num_envs: int,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.num_envs = num_envs
+        self.device = device
+        self.rng = np.random.default_rng(seed)
+        self.steps = 0  # environment steps observed, summed over environments
+
+    @classmethod
+    def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
+        """Raise GbmrError naming what the algorithm needs when it cannot handle these spaces."""
+
+    @abstractmethod
+    def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
+        """Actions for a batch of observations; ``explore=False`` is the greedy evaluation policy."""
+
+    @abstractmethod
+    def observe(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
+        """Record one vector step of experience."""
+
+    @abstractmethod
+    def update(self) -> dict[str, float]:
+        """Learn if it is time to (the agent keeps its own schedule); return metrics of what it did."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: nets, optimisers, memories, counters, RNG states.
+
+        Only tensors, numpy-free containers and plain Python values: checkpoints load with weights_only=True.
+        """
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
