@@ -1,0 +1,20 @@
+"""The algorithms ``gbmr train --algo`` knows, imported lazily so ``gbmr list`` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+
+from gbmr.agents.base import Agent
+from gbmr.errors import unknown_choice
+
+# algo name -> "module:class"
+ALGORITHMS: dict[str, str] = {
+    "dqn": "gbmr.agents.dqn:DQNAgent",
+}
+
+
+def agent_class(algo: str) -> type[Agent]:
+    if algo not in ALGORITHMS:
+        raise unknown_choice("algorithm", algo, ALGORITHMS)
+    module, name = ALGORITHMS[algo].split(":")
+    return getattr(importlib.import_module(module), name)

@@ -13,10 +13,16 @@ import torch
 class Agent(ABC):
     """An agent decides and learns; it never steps an environment.
 
+    Subclasses set ``Config`` (a dataclass of the algorithm's hyperparameters, named as in its paper) and
+    ``metric_names`` (the columns ``update`` may report, written to metrics.csv).
+
     All arrays are batched over the ``num_envs`` environments of a vector env. ``observe`` receives, for an
     environment whose episode just ended, the true final observation as ``next_obs``; the runner then resets
     that environment itself, so the next ``act`` sees the first observation of a new episode.
     """
+
+    Config: type
+    metric_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -26,17 +32,19 @@ class Agent(ABC):
         num_envs: int,
         device: torch.device,
         seed: int,
+        total_steps: int,
     ) -> None:
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space
         self.num_envs = num_envs
         self.device = device
+        self.total_steps = total_steps  # the run's budget, for schedules (epsilon, PER beta)
         self.rng = np.random.default_rng(seed)
         self.steps = 0  # environment steps observed, summed over environments
 
     @classmethod
-    def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
+    def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:  # noqa: B027 - optional hook
         """Raise GbmrError naming what the algorithm needs when it cannot handle these spaces."""
 
     @abstractmethod

@@ -1,0 +1,7 @@
+"""`python -m gbmr ...` is the same as the `gbmr` command."""
+
+import sys
+
+from gbmr.cli import main
+
+sys.exit(main())

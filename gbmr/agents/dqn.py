@@ -1,0 +1,208 @@
+"""DQN (Mnih et al. 2015) with the options researchers compare.
+
+Double DQN (van Hasselt et al. 2016), n-step returns, dueling head (Wang et al. 2016), prioritised replay
+(Schaul et al. 2016) with beta annealed to 1, hard or Polyak target updates, linear epsilon schedule,
+Huber or squared loss, gradient-norm clipping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from gbmr.agents.base import Agent
+from gbmr.errors import GbmrError, unknown_choice
+from gbmr.experiment.seeding import derive_seed
+from gbmr.experiment.state import rng_state, set_rng_state
+from gbmr.memory.replay import PrioritizedReplayBuffer, ReplayBuffer
+from gbmr.nets.q_networks import QNetwork
+
+REPLAY_STREAM = 1  # the replay buffer samples from its own stream, not the agent's exploration stream
+
+
+@dataclass
+class DQNConfig:
+    lr: float = 1e-4
+    gamma: float = 0.99
+    buffer_size: int = 100_000
+    batch_size: int = 32
+    learning_starts: int = 1_000  # env steps before the first gradient step
+    train_freq: int = 4  # env steps between gradient phases
+    gradient_steps: int = 1  # gradient steps per phase
+    target_update_interval: int = 1_000  # env steps between target updates
+    tau: float = 1.0  # 1.0 = hard copy, < 1 = Polyak averaging at every target update
+    double: bool = True
+    dueling: bool = False
+    n_step: int = 1
+    prioritized: bool = False
+    per_alpha: float = 0.6
+    per_beta0: float = 0.4  # annealed linearly to 1 over the run
+    per_eps: float = 1e-6
+    eps_start: float = 1.0
+    eps_end: float = 0.05
+    eps_fraction: float = 0.1  # fraction of the run over which epsilon decays
+    loss: str = "huber"  # "huber" or "mse"
+    max_grad_norm: float = 10.0  # 0 = no clipping
+    torso: str = "auto"  # auto | mlp | nature_cnn | minatar_cnn
+    hidden: tuple[int, ...] = (256, 256)
+
+
+def q_targets(
+    returns: torch.Tensor,
+    discounts: torch.Tensor,
+    next_q_target: torch.Tensor,
+    next_q_online: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = R + discount * Q_target(s', a*), a* = argmax Q_online(s') (Double DQN) or argmax Q_target(s').
+
+    ``discounts`` already holds gamma**n, and 0 where the episode terminated inside the n steps.
+    """
+    chooser = next_q_target if next_q_online is None else next_q_online
+    best = chooser.argmax(dim=1, keepdim=True)
+    return returns + discounts * next_q_target.gather(1, best).squeeze(1)
+
+
+def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
+    if t >= duration:
+        return end
+    return start + (end - start) * t / duration
+
+
+class DQNAgent(Agent):
+    Config = DQNConfig
+    metric_names = ("loss", "q_mean", "epsilon")
+
+    @classmethod
+    def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise GbmrError(f"dqn needs a Discrete action space, got {action_space}")
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise GbmrError(f"dqn needs a Box observation space, got {observation_space}")
+
+    def __init__(self, config: DQNConfig, observation_space, action_space, num_envs, device, seed, total_steps):
+        super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
+        if config.loss not in ("huber", "mse"):
+            raise unknown_choice("loss", config.loss, ("huber", "mse"))
+        self.num_actions = int(action_space.n)
+        self.q = QNetwork(observation_space, self.num_actions, config.torso, config.hidden, config.dueling).to(device)
+        self.q_target = QNetwork(observation_space, self.num_actions, config.torso, config.hidden, config.dueling)
+        self.q_target.to(device).load_state_dict(self.q.state_dict())
+        self.q_target.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=config.lr)
+        buffer_cls = PrioritizedReplayBuffer if config.prioritized else ReplayBuffer
+        extra = {"alpha": config.per_alpha, "eps": config.per_eps} if config.prioritized else {}
+        self.buffer = buffer_cls(
+            capacity=config.buffer_size,
+            obs_shape=observation_space.shape,
+            obs_dtype=observation_space.dtype,
+            num_envs=num_envs,
+            n_step=config.n_step,
+            gamma=config.gamma,
+            seed=derive_seed(seed, REPLAY_STREAM),
+            **extra,
+        )
+        self.loss_fn = nn.SmoothL1Loss(reduction="none") if config.loss == "huber" else nn.MSELoss(reduction="none")
+        self.epsilon = config.eps_start
+        self._last_train = 0
+        self._last_target = 0
+
+    def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
+        if not explore:
+            return self._greedy(obs)
+        random_mask = self.rng.random(self.num_envs) < self.epsilon
+        actions = self.rng.integers(self.num_actions, size=self.num_envs)
+        if not random_mask.all():
+            actions = np.where(random_mask, actions, self._greedy(obs))
+        return actions
+
+    @torch.no_grad()
+    def _greedy(self, obs: np.ndarray) -> np.ndarray:
+        q = self.q(torch.as_tensor(obs, device=self.device))
+        return q.argmax(dim=1).cpu().numpy()
+
+    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
+        self.steps += self.num_envs
+        cfg = self.config
+        self.epsilon = linear_schedule(cfg.eps_start, cfg.eps_end, cfg.eps_fraction * self.total_steps, self.steps)
+
+    def update(self) -> dict[str, float]:
+        cfg = self.config
+        if self.steps < cfg.learning_starts or self.steps - self._last_train < cfg.train_freq:
+            return {}
+        self._last_train = self.steps
+        for _ in range(cfg.gradient_steps):
+            loss, q_mean = self._gradient_step()
+        if self.steps - self._last_target >= cfg.target_update_interval:
+            self._last_target = self.steps
+            self._update_target()
+        return {"loss": loss, "q_mean": q_mean, "epsilon": self.epsilon}
+
+    def _gradient_step(self) -> tuple[float, float]:
+        cfg = self.config
+        if cfg.prioritized:
+            self.buffer.beta = linear_schedule(cfg.per_beta0, 1.0, self.total_steps, self.steps)
+        batch = self.buffer.sample(cfg.batch_size)
+        device = self.device
+        obs = torch.as_tensor(batch.obs, device=device)
+        next_obs = torch.as_tensor(batch.next_obs, device=device)
+        actions = torch.as_tensor(batch.actions, device=device).long()
+        with torch.no_grad():
+            next_q_online = self.q(next_obs) if cfg.double else None
+            targets = q_targets(
+                torch.as_tensor(batch.returns, device=device),
+                torch.as_tensor(batch.discounts, device=device),
+                self.q_target(next_obs),
+                next_q_online,
+            )
+        q = self.q(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        weights = torch.as_tensor(batch.weights, device=device)
+        loss = (weights * self.loss_fn(q, targets)).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.q.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        if cfg.prioritized:
+            self.buffer.update_priorities(batch.indices, (targets - q).detach().cpu().numpy())
+        return loss.item(), q.mean().item()
+
+    @torch.no_grad()
+    def _update_target(self) -> None:
+        tau = self.config.tau
+        if tau >= 1.0:
+            self.q_target.load_state_dict(self.q.state_dict())
+            return
+        for target, online in zip(self.q_target.parameters(), self.q.parameters(), strict=True):
+            target.lerp_(online, tau)
+
+    def state_dict(self) -> dict:
+        return {
+            "q": self.q.state_dict(),
+            "q_target": self.q_target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "rng": rng_state(self.rng),
+            "counters": {
+                "steps": self.steps,
+                "epsilon": self.epsilon,
+                "last_train": self._last_train,
+                "last_target": self._last_target,
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.q.load_state_dict(state["q"])
+        self.q_target.load_state_dict(state["q_target"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        set_rng_state(self.rng, state["rng"])
+        counters = state["counters"]
+        self.steps = counters["steps"]
+        self.epsilon = counters["epsilon"]
+        self._last_train = counters["last_train"]
+        self._last_target = counters["last_target"]

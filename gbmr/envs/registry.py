@@ -1,0 +1,147 @@
+"""Environment ids, option checking, and the two helpers several families share.
+
+Each family module (``classic``, ``minatar``, ``atari``, ``maze``) exposes ``env_ids()``, ``options(env_id)``
+(valid options with their defaults) and ``make(env_id, *, training, render_mode, **options)``. This module
+dispatches to them and imports them lazily, so ``import gbmr.envs`` stays cheap (MinAtar alone takes ~2 s to
+import) and a broken optional dependency only hurts its own family.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import partial
+from types import ModuleType
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.spaces import Box
+
+from gbmr.errors import GbmrError, unknown_choice
+
+FAMILIES = ("classic", "minatar", "atari", "maze")
+
+
+def _family_module(family: str) -> ModuleType:
+    return importlib.import_module(f"gbmr.envs.{family}")
+
+
+def list_env_ids() -> dict[str, list[str]]:
+    """Family name -> sorted environment ids (what ``gbmr list`` prints)."""
+    return {family: sorted(_family_module(family).env_ids()) for family in FAMILIES}
+
+
+def env_family(env_id: str) -> str:
+    """The family of ``env_id``; an unknown id raises a GbmrError that suggests the closest valid one."""
+    for family in FAMILIES:
+        if env_id in _family_module(family).env_ids():
+            return family
+    all_ids = [i for ids in list_env_ids().values() for i in ids]
+    raise unknown_choice("environment id", env_id, all_ids)
+
+
+def env_options(env_id: str) -> dict[str, object]:
+    """The options ``make_env`` accepts for ``env_id``, with their defaults."""
+    return dict(_family_module(env_family(env_id)).options(env_id))
+
+
+def _resolve_options(env_id: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Defaults overridden by ``given``; unknown names and wrong types are user errors, caught here."""
+    defaults = env_options(env_id)
+    for name, value in given.items():
+        if name not in defaults:
+            if not defaults:
+                raise GbmrError(f"environment '{env_id}' takes no options (got '{name}')")
+            valid = ", ".join(f"{k}={v!r}" for k, v in sorted(defaults.items()))
+            # keep unknown_choice's did-you-mean, but list the options with their defaults
+            hint = str(unknown_choice("option", name, defaults)).split(" Valid choices:")[0]
+            raise GbmrError(f"{hint} Valid options of '{env_id}' ({env_family(env_id)}): {valid}")
+        expected = type(defaults[name])
+        if not (type(value) is expected or (expected is float and type(value) is int)):
+            raise GbmrError(
+                f"option '{name}' of environment '{env_id}' must be {expected.__name__}, got {value!r}"
+            )
+    return {**defaults, **{k: type(defaults[k])(v) for k, v in given.items()}}
+
+
+def make_env(
+    env_id: str,
+    seed: int | None = None,
+    *,
+    training: bool = True,
+    render_mode: str | None = None,
+    **options: Any,
+) -> gym.Env:
+    """One environment. ``training=False`` builds the evaluation version (no episodic life, no reward
+    clipping) whatever the options say. ``seed`` seeds only the action space; the runner seeds episodes
+    through ``reset(seed=...)`` so that an episode is a function of its reset seed and its actions."""
+    resolved = _resolve_options(env_id, options)
+    env = _family_module(env_family(env_id)).make(
+        env_id, training=training, render_mode=render_mode, **resolved
+    )
+    if seed is not None:
+        env.action_space.seed(seed)
+    return env
+
+
+def make_vector_env(
+    env_id: str, num_envs: int, *, training: bool = True, **options: Any
+) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` copies in one process. Autoreset is disabled: the runner resets finished sub-envs itself
+    with ``reset(seed=[...], options={"reset_mask": mask})`` so it controls every episode's seed."""
+    if num_envs < 1:
+        raise GbmrError(f"num_envs must be at least 1, got {num_envs}")
+    _resolve_options(env_id, options)  # fail before building anything
+    return gym.vector.SyncVectorEnv(
+        [partial(make_env, env_id, training=training, **options) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+    )
+
+
+def register_once(env_id: str, entry_point: str, **kwargs: Any) -> None:
+    """Register with gymnasium unless already there (re-registering only warns, but it is noise)."""
+    if env_id not in gym.registry:
+        gym.register(id=env_id, entry_point=entry_point, kwargs=kwargs)
+
+
+class ChannelFirst(gym.ObservationWrapper):
+    """Permute an image observation (HWC) to CHW in ``dtype``, contiguous, so a CNN takes it as is.
+    The bounds of the space are kept, so a network can scale by ``observation_space.high``."""
+
+    def __init__(self, env: gym.Env, axes: tuple[int, int, int], dtype: type = np.uint8):
+        super().__init__(env)
+        space = env.observation_space
+        self._axes = axes
+        self.observation_space = Box(
+            low=int(np.min(space.low)),
+            high=int(np.max(space.high)),
+            shape=tuple(space.shape[a] for a in axes),
+            dtype=dtype,
+        )
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(observation.transpose(self._axes), dtype=self.observation_space.dtype)
+
+
+class LayoutSchedule:
+    """Episode counter for environments whose layout changes every ``change_every`` episodes (0: never).
+
+    ``state_dict()`` names the episode in progress; after ``load_state_dict()`` the next ``reset()`` starts
+    that same episode again, so a resumed run that re-resets and replays the episode's actions sees the
+    layout it saw before the interruption.
+    """
+
+    change_every: int = 0
+    _episode_count: int = 0  # resets done so far
+
+    def _next_layout_index(self) -> int:
+        """Count one more episode and return the index of the layout it uses."""
+        index = self._episode_count // self.change_every if self.change_every else 0
+        self._episode_count += 1
+        return index
+
+    def state_dict(self) -> dict[str, int]:
+        return {"episode": max(self._episode_count - 1, 0)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._episode_count = int(state["episode"])

@@ -1,0 +1,88 @@
+"""Starting, resuming and evaluating runs: builds environments and agent from a config, hands them to a runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import torch
+
+from gbmr.agents import agent_class
+from gbmr.agents.base import Agent
+from gbmr.config import RunConfig, config_from_dict, save_config
+from gbmr.envs import make_env, make_vector_env
+from gbmr.errors import GbmrError, unknown_choice
+from gbmr.experiment.run_dir import RunDir
+from gbmr.experiment.seeding import seed_everything
+from gbmr.runners.sync import SyncRunner
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise unknown_choice("device", name, ("auto", "cpu", "cuda", "cuda:N"))
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GbmrError(f"device '{name}' was asked for but CUDA is not available here; use --set device=cpu")
+    return torch.device(name)
+
+
+def build_agent(config: RunConfig, observation_space: gym.Space, action_space: gym.Space) -> Agent:
+    cls = agent_class(config.algo)
+    cls.check_spaces(observation_space, action_space)
+    return cls(
+        config.agent,
+        observation_space,
+        action_space,
+        num_envs=config.num_envs,
+        device=resolve_device(config.device),
+        seed=config.seed,
+        total_steps=config.total_steps,
+    )
+
+
+def _runner(config: RunConfig, run: RunDir, progress: bool) -> SyncRunner:
+    if config.num_envs < 1:
+        raise GbmrError(f"num_envs must be at least 1, got {config.num_envs}")
+    seed_everything(config.seed)
+    envs = make_vector_env(config.env, config.num_envs, **config.env_options)
+    envs.action_space.seed(config.seed)
+    eval_env = make_env(config.env, config.seed, training=False, **config.env_options)
+    agent = build_agent(config, envs.single_observation_space, envs.single_action_space)
+    return SyncRunner(config, agent, envs, eval_env, run, progress)
+
+
+def start_run(config: RunConfig, path: str | Path, progress: bool = True) -> RunDir:
+    """Create the run folder, save the config, train to the end."""
+    run = RunDir(path)
+    runner = _runner(config, run, progress)  # validates everything before the folder is created
+    run.create()
+    save_config(config, run.config)
+    runner.train()
+    return run
+
+
+def load_run_config(run: RunDir) -> RunConfig:
+    data = run.read_config()
+    return config_from_dict(data, agent_class(data["algo"]).Config)
+
+
+def resume_run(path: str | Path, progress: bool = True) -> RunDir:
+    """Continue an interrupted run from its latest checkpoint (or from scratch if it never wrote one)."""
+    run = RunDir.existing(path)
+    config = load_run_config(run)
+    runner = _runner(config, run, progress)
+    runner.train(run.load_checkpoint() if run.latest.is_file() else None)
+    return run
+
+
+def load_trained_agent(path: str | Path) -> tuple[RunConfig, Agent]:
+    """The run's config and its agent restored from the latest checkpoint, for evaluation."""
+    run = RunDir.existing(path)
+    config = load_run_config(run)
+    checkpoint = run.load_checkpoint()
+    env = make_env(config.env, config.seed, training=False, **config.env_options)
+    agent = build_agent(config, env.observation_space, env.action_space)
+    env.close()
+    agent.load_state_dict(checkpoint["agent"])
+    return config, agent

@@ -1,0 +1,717 @@
+"""MemoryGraph: the directed memory graph of GQ / GCMR / GBMR, held as arrays.
+
+Nodes and edges are structs of arrays with fixed capacity, alive masks and free lists, so that writes, reads,
+critical-node scoring, path search and Bellman backups are numpy / scipy / torch operations over whole arrays
+(the seed notes: networkx was "too slow"). Conventions, decided once here:
+
+- **Layout.** ``joint`` (default): one node table; a node is a cluster of states, its out-edges carry any
+  action. ``per_action``: one table per action, each with its own ``capacity``; a node lives in the table of
+  the action taken, so all its out-edges carry that action. Table ``t`` owns the node ids
+  ``[t * capacity, (t + 1) * capacity)``.
+- **Distances.** Writes use the Euclidean distance d (not squared): merge when ``d < dist_th`` and move the
+  key to ``(key + d * h) / (1 + d)`` (GBMR.md). Reads use the squared distance in the kernel
+  ``w_i = 1 / (||h - h_i||^2 + delta)``. Exact distances are computed in float64 from the float32 keys.
+- **Episode ends.** Two sentinel nodes follow the table nodes: ``terminal_node`` and ``truncated_node``. They
+  have no key, are never searched, evicted or chosen as critical nodes, and have no out-edges (so V = 0). The
+  last step of an episode gets an edge ``node_{T-1} -> terminal_node`` (or ``truncated_node``) labelled
+  ``a_{T-1}`` carrying ``r_{T-1}`` and ``R_{T-1}``, so its return counts in Q(node_{T-1}, a_{T-1}) like any
+  other edge. Backups target ``r_e + gamma * 0`` on terminal edges and leave truncated edges alone (their
+  written return already holds the bootstrap, which the graph cannot recompute).
+- **Recency.** ``clock`` ticks once per written step; a merge or insert stamps the node and the edge with it.
+  LRU eviction takes the smallest (last_used, id). Reads do not touch recency: reading never changes memory.
+- **Edges** are unique per (src, dst, action); a dict keyed by the packed int64 gives O(1) lookup. Per-node
+  doubly linked lists (arrays) of out- and in-edges make evicting a node and all its edges O(degree). The
+  read-side structure is a CSR view: alive edges sorted by (src, action), grouped, rebuilt lazily when the
+  edge *set* changes (weight updates keep it valid).
+- **Node value** Q(u, a): the visit-weighted mean of u's out-edge weights labelled a (``node_value="max"``:
+  their max); V(u) = max_a Q(u, a), 0 without out-edges.
+
+Node ids are slots: an evicted node's id is reused by a later insert, so callers that keep node ids (expert
+episodes) should keep recent ones; ids of nodes no longer alive are ignored where ids are accepted.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import networkx as nx
+import numpy as np
+import torch
+from scipy import sparse
+from scipy.cluster.vq import kmeans2, vq
+from scipy.sparse import csgraph
+
+from gbmr.errors import unknown_choice
+from gbmr.experiment.state import to_numpy, to_saveable
+
+LAYOUTS = ("joint", "per_action")
+NODE_VALUES = ("mean", "max")
+MISSING = ("zero", "skip")
+PATH_SCORES = ("shortest", "reward", "diversity")
+
+_CANDIDATES = 32  # nearest old nodes fetched per written step; more are searched only if all were touched
+_SEARCH_CHUNK = 1 << 24  # max query x key distances held at once by the brute-force search
+_PATH_EPS = 1e-3  # per-edge cost added to normalised path costs: equal scores go to fewer edges
+_GNN_WEIGHTS = np.array([1.0, 1.0, 0.5, 0.5])  # value, mean reward, log visits, degree (z-scored)
+
+_NODE_STATE = ("node_keys", "node_visits", "node_last_used", "node_alive", "_node_free", "_node_num_free",
+               "_out_head", "_in_head")
+_EDGE_STATE = ("edge_src", "edge_dst", "edge_action", "edge_reward", "edge_visits", "edge_weight",
+               "edge_last_used", "edge_alive", "_out_next", "_out_prev", "_in_next", "_in_prev", "_edge_free")
+
+
+class GraphRead(NamedTuple):
+    """A kernel read: Q values and, for interpretability, which nodes were retrieved with which weights."""
+
+    q: np.ndarray  # [B, num_actions]
+    nodes: np.ndarray  # [B, num_tables, k] neighbour ids, -1 where a table holds fewer than k nodes
+    weights: np.ndarray  # [B, num_tables, k] kernel weights w_i (0 where absent)
+
+
+class _Csr(NamedTuple):
+    """Alive edges sorted by (src, action); a group is one (src, action) run, a node owns a run of groups."""
+
+    order: np.ndarray  # edge ids in (src, action, id) order
+    gstart: np.ndarray  # first position in `order` of each group
+    gcount: np.ndarray  # edges per group
+    gact: np.ndarray  # action of each group
+    nptr: np.ndarray  # [n_slots + 1]: node u owns groups nptr[u]:nptr[u+1]
+    vnodes: np.ndarray  # nodes owning at least one group, ascending
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + c) over (starts, counts), without a Python loop."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.cumsum(counts) - counts
+    return np.repeat(starts - offsets, counts) + np.arange(total)
+
+
+def _segment_q(weights: np.ndarray, visits: np.ndarray, starts: np.ndarray, reduce: str) -> np.ndarray:
+    """Q of each segment (a run of edges with the same src and action): visit-weighted mean or max."""
+    if reduce == "max":
+        return np.maximum.reduceat(weights, starts)
+    visits = visits.astype(np.float64)
+    return np.add.reduceat(weights * visits, starts) / np.add.reduceat(visits, starts)
+
+
+class MemoryGraph:
+    """Capacity-bounded directed memory graph with merge-or-insert writes and vectorised backups."""
+
+    def __init__(self, dim: int, capacity: int, num_actions: int, layout: str = "joint",
+                 edge_capacity: int | None = None, dist_th: float = 1.0, eta: float = 0.1,
+                 node_value: str = "mean"):
+        if layout not in LAYOUTS:
+            raise unknown_choice("graph layout", layout, LAYOUTS)
+        if node_value not in NODE_VALUES:
+            raise unknown_choice("node value", node_value, NODE_VALUES)
+        if dim <= 0 or capacity <= 0 or num_actions <= 0:
+            raise ValueError("dim, capacity and num_actions must be positive")
+        self.dim, self.capacity, self.num_actions = dim, capacity, num_actions
+        self.layout, self.node_value = layout, node_value
+        self.dist_th, self.eta = float(dist_th), float(eta)
+        self.num_tables = num_actions if layout == "per_action" else 1
+        n_real = self.num_tables * capacity
+        self.terminal_node, self.truncated_node = n_real, n_real + 1
+        self._n_slots = n = n_real + 2
+        self.edge_capacity = e = int(edge_capacity or 4 * n_real)
+
+        self.node_keys = np.zeros((n, dim), dtype=np.float32)
+        self.node_visits = np.zeros(n, dtype=np.int64)
+        self.node_last_used = np.zeros(n, dtype=np.int64)
+        self.node_alive = np.zeros(n, dtype=bool)
+        self.node_alive[n_real:] = True  # the sentinels
+        # free stacks, one per table; the top is at [t, num_free - 1] so the lowest ids are used first
+        self._node_free = np.arange(n_real, dtype=np.int64).reshape(self.num_tables, capacity)[:, ::-1].copy()
+        self._node_num_free = np.full(self.num_tables, capacity, dtype=np.int64)
+        self._out_head = np.full(n, -1, dtype=np.int64)
+        self._in_head = np.full(n, -1, dtype=np.int64)
+        self._sqnorm = np.full(n, np.inf, dtype=np.float32)  # inf marks "not searchable" (dead or sentinel)
+
+        self.edge_src = np.zeros(e, dtype=np.int64)
+        self.edge_dst = np.zeros(e, dtype=np.int64)
+        self.edge_action = np.zeros(e, dtype=np.int64)
+        self.edge_reward = np.zeros(e, dtype=np.float64)
+        self.edge_visits = np.zeros(e, dtype=np.int64)
+        self.edge_weight = np.zeros(e, dtype=np.float64)
+        self.edge_last_used = np.zeros(e, dtype=np.int64)
+        self.edge_alive = np.zeros(e, dtype=bool)
+        self._out_next = np.full(e, -1, dtype=np.int64)
+        self._out_prev = np.full(e, -1, dtype=np.int64)
+        self._in_next = np.full(e, -1, dtype=np.int64)
+        self._in_prev = np.full(e, -1, dtype=np.int64)
+        self._edge_free = np.arange(e, dtype=np.int64)[::-1].copy()
+        self._edge_num_free = e
+        self._lookup: dict[int, int] = {}
+        self.clock = 0
+        self._edge_version = 0
+        self._csr_cache: tuple[int, _Csr] | None = None
+
+    # ------------------------------------------------------------------ sizes and lookups
+    @property
+    def num_nodes(self) -> int:
+        """Alive table nodes (sentinels not counted)."""
+        return int(self.num_tables * self.capacity - self._node_num_free.sum())
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_capacity - self._edge_num_free
+
+    def alive_nodes(self) -> np.ndarray:
+        """Ids of alive table nodes, ascending (sentinels excluded)."""
+        return np.flatnonzero(self.node_alive[: self.terminal_node])
+
+    def alive_edges(self) -> np.ndarray:
+        return np.flatnonzero(self.edge_alive)
+
+    def _pack(self, src: Any, dst: Any, action: Any) -> Any:
+        return (src * self._n_slots + dst) * self.num_actions + action
+
+    def edge_id(self, src: int, dst: int, action: int) -> int:
+        """The edge src -a-> dst, or -1: O(1)."""
+        return self._lookup.get(int(self._pack(int(src), int(dst), int(action))), -1)
+
+    # ------------------------------------------------------------------ nearest-node search
+    def _nearest(self, queries: np.ndarray, table: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest alive nodes of `table` per query: ids (-1 if fewer) and exact squared distances
+        (float64, inf if absent), ascending. Exact brute force (torch matmul + topk, re-ranked exactly); the
+        one place to swap in a KeyIndex."""
+        lo, hi = table * self.capacity, (table + 1) * self.capacity
+        k = min(k, self.capacity)
+        keys = torch.from_numpy(self.node_keys[lo:hi])
+        sqnorm = torch.from_numpy(self._sqnorm[lo:hi])
+        ids = np.empty((len(queries), k), dtype=np.int64)
+        chunk = max(1, _SEARCH_CHUNK // self.capacity)
+        for s in range(0, len(queries), chunk):
+            q = torch.from_numpy(np.ascontiguousarray(queries[s:s + chunk], dtype=np.float32))
+            rank = torch.addmm(sqnorm, q, keys.T, alpha=-2.0)  # ||k||^2 - 2 q.k: d^2 minus ||q||^2
+            val, idx = torch.topk(rank, k, dim=1, largest=False)
+            ids[s:s + chunk] = np.where(torch.isfinite(val).numpy(), idx.numpy() + lo, -1)
+        diff = self.node_keys[ids].astype(np.float64) - queries[:, None, :].astype(np.float64)
+        exact = np.where(ids >= 0, (diff * diff).sum(-1), np.inf)
+        rank = np.argsort(exact, axis=1, kind="stable")
+        return np.take_along_axis(ids, rank, 1), np.take_along_axis(exact, rank, 1)
+
+    def _nearest_exhaustive(self, h64: np.ndarray, table: int) -> tuple[int, float]:
+        """Exact nearest alive node of `table` over all its nodes (the rare fallback of writes)."""
+        lo = table * self.capacity
+        ids = np.flatnonzero(self.node_alive[lo:lo + self.capacity]) + lo
+        if ids.size == 0:
+            return -1, math.inf
+        d2 = ((self.node_keys[ids].astype(np.float64) - h64) ** 2).sum(1)
+        i = int(np.argmin(d2))
+        return int(ids[i]), float(d2[i])
+
+    # ------------------------------------------------------------------ node and edge bookkeeping
+    def _lru_order(self, table: int, count: int) -> np.ndarray:
+        """The `count` least recently used alive nodes of `table`, oldest first (ties: lower id)."""
+        lo = table * self.capacity
+        ids = np.flatnonzero(self.node_alive[lo:lo + self.capacity]) + lo
+        count = min(count, ids.size)
+        if count <= 0:
+            return np.zeros(0, dtype=np.int64)
+        rank = self.node_last_used[ids] * self._n_slots + ids
+        part = np.argpartition(rank, count - 1)[:count] if count < ids.size else np.arange(ids.size)
+        return ids[part[np.argsort(rank[part])]]
+
+    def _evict_node(self, v: int) -> None:
+        """Remove node v and every edge into or out of it; its slot goes back on the free stack."""
+        for head, nxt in ((self._out_head, self._out_next), (self._in_head, self._in_next)):
+            e = int(head[v])
+            while e >= 0:
+                following = int(nxt[e])
+                self._remove_edge(e)
+                e = following
+        self.node_alive[v] = False
+        self._sqnorm[v] = np.inf
+        table = v // self.capacity
+        self._node_free[table, self._node_num_free[table]] = v
+        self._node_num_free[table] += 1
+
+    def _remove_edge(self, e: int) -> None:
+        for end, head, nxt, prv in ((self.edge_src, self._out_head, self._out_next, self._out_prev),
+                                    (self.edge_dst, self._in_head, self._in_next, self._in_prev)):
+            p, n = int(prv[e]), int(nxt[e])
+            if p >= 0:
+                nxt[p] = n
+            else:
+                head[end[e]] = n
+            if n >= 0:
+                prv[n] = p
+        self.edge_alive[e] = False
+        del self._lookup[int(self._pack(self.edge_src[e], self.edge_dst[e], self.edge_action[e]))]
+        self._edge_free[self._edge_num_free] = e
+        self._edge_num_free += 1
+        self._edge_version += 1
+
+    def add_nodes(self, keys: np.ndarray, table: int = 0) -> np.ndarray:
+        """Insert nodes without merging (building graphs directly: tests, benchmarks, tabular mazes); evicts
+        the least recently used nodes of `table` if it lacks room. Returns the new ids."""
+        keys = np.ascontiguousarray(keys, dtype=np.float32).reshape(-1, self.dim)
+        n = len(keys)
+        if n > self.capacity:
+            raise ValueError(f"{n} nodes do not fit a table of capacity {self.capacity}")
+        for v in self._lru_order(table, n - int(self._node_num_free[table])).tolist():
+            self._evict_node(v)
+        nf = int(self._node_num_free[table])
+        ids = self._node_free[table, nf - n:nf][::-1].copy()
+        self._node_num_free[table] = nf - n
+        self.clock += 1
+        self.node_keys[ids] = keys
+        self._sqnorm[ids] = (keys.astype(np.float64) ** 2).sum(1)
+        self.node_visits[ids] = 1
+        self.node_last_used[ids] = self.clock
+        self.node_alive[ids] = True
+        return ids
+
+    def add_transitions(self, src: np.ndarray, dst: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                        returns: np.ndarray) -> np.ndarray:
+        """Add or update edges src -a-> dst in order (GBMR.md): a new edge takes weight R; an existing one
+        moves w += eta (R - w), its reward is a running mean and its visits grow. Returns the edge ids."""
+        self.clock += 1
+        src, dst, actions = (np.asarray(x, dtype=np.int64).ravel() for x in (src, dst, actions))
+        return self._add_edges(src, dst, actions, np.asarray(rewards, dtype=np.float64).ravel(),
+                               np.asarray(returns, dtype=np.float64).ravel(),
+                               np.full(len(src), self.clock, dtype=np.int64))
+
+    def _add_edges(self, src: np.ndarray, dst: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+                   returns: np.ndarray, clocks: np.ndarray) -> np.ndarray:
+        n = len(src)
+        if not (len(dst) == len(actions) == len(rewards) == len(returns) == n):
+            raise ValueError("src, dst, actions, rewards and returns must have the same length")
+        if n > self.edge_capacity:
+            raise ValueError(f"{n} edges do not fit edge capacity {self.edge_capacity}")
+        if n and not (self.node_alive[src].all() and self.node_alive[dst].all()):
+            raise ValueError("edges must join alive nodes")
+        if n > self._edge_num_free:  # make room: evict the least recently used edges, oldest first
+            ids, need = self.alive_edges(), n - self._edge_num_free
+            rank = self.edge_last_used[ids] * self.edge_capacity + ids
+            for e in ids[np.argpartition(rank, need - 1)[:need]].tolist():
+                self._remove_edge(e)
+        out = np.empty(n, dtype=np.int64)
+        eta, lookup = self.eta, self._lookup
+        rows = zip(self._pack(src, dst, actions).tolist(), src.tolist(), dst.tolist(), actions.tolist(),
+                   rewards.tolist(), returns.tolist(), clocks.tolist(), strict=True)
+        for i, (key, s, d, a, r, ret, c) in enumerate(rows):
+            e = lookup.get(key, -1)
+            if e < 0:
+                self._edge_num_free -= 1
+                e = int(self._edge_free[self._edge_num_free])
+                lookup[key] = e
+                self.edge_src[e], self.edge_dst[e], self.edge_action[e] = s, d, a
+                self.edge_reward[e], self.edge_weight[e], self.edge_visits[e] = r, ret, 1
+                self.edge_alive[e] = True
+                for end, head, nxt, prv in ((s, self._out_head, self._out_next, self._out_prev),
+                                            (d, self._in_head, self._in_next, self._in_prev)):
+                    first = int(head[end])
+                    nxt[e], prv[e], head[end] = first, -1, e
+                    if first >= 0:
+                        prv[first] = e
+                self._edge_version += 1
+            else:
+                v = int(self.edge_visits[e]) + 1
+                self.edge_visits[e] = v
+                self.edge_weight[e] += eta * (ret - self.edge_weight[e])
+                self.edge_reward[e] += (r - self.edge_reward[e]) / v
+            self.edge_last_used[e] = c
+            out[i] = e
+        return out
+
+    # ------------------------------------------------------------------ write
+    def write_episode(self, keys: np.ndarray, actions: np.ndarray, rewards: np.ndarray, returns: np.ndarray,
+                      terminated: bool = True) -> np.ndarray:
+        """Merge-or-insert every step's key into the table of its action, then add / update the edges
+        node_t -a_t-> node_{t+1} and node_{T-1} -> terminal (or truncated) sentinel.
+
+        Semantics are those of processing the steps one by one; only the search is batched: the nearest old
+        nodes of all steps come from one brute-force search, and nodes touched earlier in the same episode
+        are compared exactly at each step. Returns each step's node id; -1 for a step whose node was itself
+        evicted later in the episode (only if a table is smaller than the episode); its edges are dropped.
+        """
+        keys = np.ascontiguousarray(keys, dtype=np.float32).reshape(len(keys), self.dim)
+        actions = np.asarray(actions, dtype=np.int64)
+        rewards, returns = np.asarray(rewards, dtype=np.float64), np.asarray(returns, dtype=np.float64)
+        T = len(keys)
+        if not (actions.shape == rewards.shape == returns.shape == (T,)):
+            raise ValueError("keys [T, dim], actions [T], rewards [T] and returns [T] must agree on T")
+        if T and (actions.min() < 0 or actions.max() >= self.num_actions):
+            raise ValueError(f"actions must lie in [0, {self.num_actions})")
+        nodes = np.full(T, -1, dtype=np.int64)
+        if T == 0:
+            return nodes
+        clocks = self.clock + 1 + np.arange(T)
+        tables = actions if self.layout == "per_action" else np.zeros(T, dtype=np.int64)
+        for table in np.unique(tables).tolist():  # tables are independent: process each table's steps in turn
+            self._assign_nodes(table, np.flatnonzero(tables == table), keys, clocks, nodes)
+        self.clock = int(clocks[-1])
+        end = self.terminal_node if terminated else self.truncated_node
+        dst = np.append(nodes[1:], end)
+        ok = (nodes >= 0) & (dst >= 0)
+        self._add_edges(nodes[ok], dst[ok], actions[ok], rewards[ok], returns[ok], clocks[ok])
+        return nodes
+
+    def _assign_nodes(self, table: int, steps: np.ndarray, keys: np.ndarray, clocks: np.ndarray,
+                      nodes: np.ndarray) -> None:
+        """Sequential merge-or-insert of `steps` (all in `table`), writing their node ids into `nodes`.
+
+        Old nodes not touched during this episode keep their keys, so their precomputed distances and ranks
+        stay valid: the nearest of them is the first untouched candidate. Touched nodes (at most one per step;
+        an evicted slot is refilled at once) are compared exactly at each step from a small local copy of
+        their keys. If all candidates were touched and the last is still closer than dist_th, an exhaustive
+        search decides (rare)."""
+        cand, cand_d2 = self._nearest(keys[steps], table, _CANDIDATES)
+        cand, cand_d2 = cand.tolist(), cand_d2.tolist()  # scanned per step: Python lists are faster
+        keys64 = keys.astype(np.float64)
+        lru = self._lru_order(table, len(steps) - int(self._node_num_free[table]))
+        lru_stamp, li = self.node_last_used[lru], 0
+        touched = np.empty(len(steps), dtype=np.int64)  # touched slots and their current keys (float64)
+        touched_keys = np.empty((len(steps), self.dim))
+        row_of: dict[int, int] = {}
+        th, free, stack = self.dist_th, self._node_num_free, self._node_free[table]
+        for r, i in enumerate(steps.tolist()):
+            self.clock = int(clocks[i])
+            h64 = keys64[i]
+            best, best_d2 = -1, math.inf
+            row = cand[r]
+            for c, c_d2 in zip(row, cand_d2[r], strict=True):
+                if c < 0:
+                    break
+                if c not in row_of:  # untouched: its key and distance are as precomputed
+                    best, best_d2 = c, c_d2
+                    break
+            else:
+                if math.sqrt(cand_d2[r][-1]) < th:
+                    best, best_d2 = self._nearest_exhaustive(h64, table)
+            if row_of:
+                d2 = ((touched_keys[: len(row_of)] - h64) ** 2).sum(1)
+                j = int(d2.argmin())
+                if d2[j] < best_d2:
+                    best, best_d2 = int(touched[j]), float(d2[j])
+            d = math.sqrt(best_d2)
+            if d < th:  # merge: slow key drift towards the new state
+                self.node_keys[best] = (self.node_keys[best].astype(np.float64) + d * h64) / (1.0 + d)
+                self.node_visits[best] += 1
+            else:
+                if free[table] == 0:
+                    victim = -1
+                    while li < len(lru) and victim < 0:
+                        c = int(lru[li])
+                        if self.node_alive[c] and self.node_last_used[c] == lru_stamp[li]:
+                            victim = c
+                        li += 1
+                    if victim < 0:  # the list ran out (merges touched some of it): ask again
+                        victim = int(self._lru_order(table, 1)[0])
+                        nodes[nodes == victim] = -1  # only if the table is smaller than the episode
+                    self._evict_node(victim)
+                free[table] -= 1
+                best = int(stack[free[table]])
+                self.node_keys[best] = keys[i]
+                self.node_visits[best] = 1
+                self.node_alive[best] = True
+            self.node_last_used[best] = self.clock
+            if best not in row_of:
+                row_of[best] = len(row_of)
+                touched[row_of[best]] = best
+            touched_keys[row_of[best]] = self.node_keys[best]
+            nodes[i] = best
+        touched = touched[: len(row_of)]
+        self._sqnorm[touched] = (touched_keys[: len(row_of)] ** 2).sum(1)
+
+    # ------------------------------------------------------------------ CSR view and node values
+    def _csr(self) -> _Csr:
+        if self._csr_cache is not None and self._csr_cache[0] == self._edge_version:
+            return self._csr_cache[1]
+        ids = self.alive_edges()
+        gkey = self.edge_src[ids] * self.num_actions + self.edge_action[ids]
+        sort = np.argsort(gkey, kind="stable")
+        order, gkey = ids[sort], gkey[sort]
+        gstart = np.flatnonzero(np.r_[True, gkey[1:] != gkey[:-1]]) if len(order) else np.zeros(0, np.int64)
+        gcount = np.diff(np.append(gstart, len(order)))
+        gsrc, gact = gkey[gstart] // self.num_actions, gkey[gstart] % self.num_actions
+        nptr = np.searchsorted(gsrc, np.arange(self._n_slots + 1))
+        csr = _Csr(order, gstart, gcount, gact, nptr, np.flatnonzero(np.diff(nptr) > 0))
+        self._csr_cache = (self._edge_version, csr)
+        return csr
+
+    def _group_q(self, csr: _Csr, groups: np.ndarray) -> np.ndarray:
+        """Q of the given (src, action) groups from the current edge weights."""
+        counts = csr.gcount[groups]
+        edges = csr.order[_ranges(csr.gstart[groups], counts)]
+        return _segment_q(self.edge_weight[edges], self.edge_visits[edges], np.cumsum(counts) - counts,
+                          self.node_value)
+
+    def node_q(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Q(u, a) for the given nodes as [n, num_actions], and the mask of (u, a) with any out-edge
+        labelled a (Q is 0 where the mask is False)."""
+        nodes = np.asarray(nodes, dtype=np.int64).ravel()
+        csr = self._csr()
+        q = np.zeros((len(nodes), self.num_actions))
+        has = np.zeros((len(nodes), self.num_actions), dtype=bool)
+        counts = csr.nptr[nodes + 1] - csr.nptr[nodes]
+        groups = _ranges(csr.nptr[nodes], counts)
+        if groups.size:
+            rows = np.repeat(np.arange(len(nodes)), counts)
+            q[rows, csr.gact[groups]] = self._group_q(csr, groups)
+            has[rows, csr.gact[groups]] = True
+        return q, has
+
+    def node_values(self, nodes: np.ndarray) -> np.ndarray:
+        """V(u) = max_a Q(u, a); 0 for a node with no out-edge."""
+        nodes = np.asarray(nodes, dtype=np.int64).ravel()
+        csr = self._csr()
+        counts = csr.nptr[nodes + 1] - csr.nptr[nodes]
+        values = np.zeros(len(nodes))
+        some = counts > 0
+        if some.any():
+            gq = self._group_q(csr, _ranges(csr.nptr[nodes], counts))
+            values[some] = np.maximum.reduceat(gq, (np.cumsum(counts) - counts)[some])
+        return values
+
+    def _all_values(self, csr: _Csr, w_sorted: np.ndarray, visits_sorted: np.ndarray) -> np.ndarray:
+        """V of every node slot from edge weights given in CSR order (the sweep's inner step)."""
+        values = np.zeros(self._n_slots)
+        if csr.vnodes.size:
+            gq = _segment_q(w_sorted, visits_sorted, csr.gstart, self.node_value)
+            values[csr.vnodes] = np.maximum.reduceat(gq, csr.nptr[csr.vnodes])
+        return values
+
+    # ------------------------------------------------------------------ read
+    def read(self, query_keys: np.ndarray, k: int, delta: float = 1e-3, missing: str = "zero") -> GraphRead:
+        """Kernel lookup Q(h, a) = sum_i w_i Q(u_i, a) / sum_i w_i over the k nearest alive nodes (of the
+        table of a), w_i = 1 / (||h - h_i||^2 + delta). A node without an out-edge labelled a contributes 0
+        (`missing="zero"`, the reference) or is left out of that action's weights (`"skip"`; all left out:
+        0). A table holding fewer than k nodes reads 0."""
+        if missing not in MISSING:
+            raise unknown_choice("missing-value rule", missing, MISSING)
+        queries = np.ascontiguousarray(query_keys, dtype=np.float32).reshape(-1, self.dim)
+        B, A = len(queries), self.num_actions
+        q = np.zeros((B, A))
+        nodes = np.full((B, self.num_tables, k), -1, dtype=np.int64)
+        weights = np.zeros((B, self.num_tables, k))
+        for table in range(self.num_tables):
+            if B == 0 or self.capacity - self._node_num_free[table] < k:
+                continue
+            ids, d2 = self._nearest(queries, table, k)
+            w = 1.0 / (d2 + delta)
+            nodes[:, table], weights[:, table] = ids, w
+            qn, has = self.node_q(ids)
+            qn, has = qn.reshape(B, k, A), has.reshape(B, k, A)
+            wa = w[:, :, None] * has if missing == "skip" else np.broadcast_to(w[:, :, None], qn.shape)
+            den = wa.sum(1)
+            vals = np.divide((wa * qn).sum(1), den, out=np.zeros((B, A)), where=den > 0)
+            if self.layout == "per_action":
+                q[:, table] = vals[:, table]
+            else:
+                q = vals
+        return GraphRead(q, nodes, weights)
+
+    # ------------------------------------------------------------------ critical nodes
+    def critical_nodes_crossing(self, episodes: list[np.ndarray], episode_rewards: list[np.ndarray],
+                                episode_returns: list[float], top: int = 10) -> np.ndarray:
+        """The reference default: take the `top` episodes by return, reduce each to the nodes where the
+        reward was non-zero; nodes in two or more of them are critical. Ascending ids."""
+        best = np.argsort(-np.asarray(episode_returns, dtype=np.float64), kind="stable")[:top]
+        sets = [np.unique(np.asarray(episodes[i])[(np.asarray(episode_rewards[i]) != 0)]) for i in best]
+        found = np.concatenate(sets + [np.zeros(0, dtype=np.int64)]).astype(np.int64)
+        found = found[(found >= 0) & (found < self.terminal_node)]
+        ids, counts = np.unique(found[self.node_alive[found]], return_counts=True)
+        return ids[counts >= 2]
+
+    def _degrees(self) -> np.ndarray:
+        ids = self.alive_edges()
+        n = self._n_slots
+        return (np.bincount(self.edge_src[ids], minlength=n) + np.bincount(self.edge_dst[ids], minlength=n))
+
+    def critical_nodes_degree(self, k: int) -> np.ndarray:
+        """Top k by s(u) = (in_deg + out_deg) / sqrt(visits/N + 1e-6), N = total visits of alive nodes:
+        busy junctions that are rarely visited, i.e. bottlenecks. Best first."""
+        ids = self.alive_nodes()
+        visits = self.node_visits[ids].astype(np.float64)
+        score = self._degrees()[ids] / np.sqrt(visits / max(visits.sum(), 1.0) + 1e-6)
+        return ids[np.argsort(-score, kind="stable")[:k]]
+
+    def critical_nodes_cluster(self, k: int, seed: int = 0) -> np.ndarray:
+        """GCMR: k-means (k-means++ init) on the node keys; the node nearest each centre. Ascending ids."""
+        ids = self.alive_nodes()
+        if ids.size <= k:
+            return ids
+        keys = self.node_keys[ids].astype(np.float64)
+        centres, _ = kmeans2(keys, k, minit="++", rng=np.random.default_rng(seed))
+        nearest, _ = vq(centres, keys)  # for each centre, the index of the nearest key
+        return np.unique(ids[nearest])
+
+    def critical_nodes_gnn(self, k: int, hops: int = 2) -> np.ndarray:
+        """Seed 001's abstract graph with fixed weights: node features (value, visit-weighted mean out-edge
+        reward, log visits, degree), z-scored over alive nodes, averaged `hops` times over each node's
+        closed undirected neighbourhood, scored with weights (1, 1, 0.5, 0.5); top k, best first."""
+        ids = self.alive_nodes()
+        if ids.size == 0:
+            return ids
+        n, e = self._n_slots, self.alive_edges()
+        csr = self._csr()
+        src, dst = self.edge_src[e], self.edge_dst[e]
+        vis = self.edge_visits[e].astype(np.float64)
+        rsum = np.bincount(src, self.edge_reward[e] * vis, minlength=n)
+        vsum = np.bincount(src, vis, minlength=n)
+        feats = np.stack([
+            self._all_values(csr, self.edge_weight[csr.order], self.edge_visits[csr.order]),
+            np.divide(rsum, vsum, out=np.zeros(n), where=vsum > 0),
+            np.log1p(self.node_visits.astype(np.float64)),
+            self._degrees().astype(np.float64)], 1)[ids]
+        std = feats.std(0)
+        x = np.zeros((n, feats.shape[1]))
+        x[ids] = np.divide(feats - feats.mean(0), std, out=np.zeros_like(feats), where=std > 0)
+        real = dst < self.terminal_node
+        adj = sparse.coo_matrix((np.ones(real.sum()), (src[real], dst[real])), shape=(n, n)).tocsr()
+        adj = ((adj + adj.T + sparse.diags(self.node_alive.astype(np.float64))) > 0).astype(np.float64)
+        deg = np.asarray(adj.sum(1)).ravel()
+        prop = sparse.diags(np.divide(1.0, deg, out=np.zeros(n), where=deg > 0)) @ adj
+        for _ in range(hops):
+            x = prop @ x
+        score = x[ids] @ _GNN_WEIGHTS
+        return ids[np.argsort(-score, kind="stable")[:k]]
+
+    # ------------------------------------------------------------------ paths
+    def reconstruct_paths(self, critical: np.ndarray, path_score: str = "shortest") -> list[np.ndarray]:
+        """One path (edge ids, first edge first) for every ordered pair of distinct critical nodes joined by
+        a path; all sources searched at once by scipy.sparse.csgraph. Between two nodes, a path uses the
+        highest-reward edge (ties: lowest id). `path_score`:
+
+        - ``shortest``: fewest edges (BFS).
+        - ``reward``: approximately the largest cumulative reward: least total cost where an edge costs its
+          reward shortfall from the best edge reward, normalised to [0, 1], plus 1e-3 (ties -> fewer edges).
+          (Exact max-reward paths are NP-hard with positive cycles.)
+        - ``diversity``: approximately the most distinct states: consecutive states should differ as much as
+          possible, so an edge costs exp(-||key_u - key_v|| / l), l the mean edge length in key space; a
+          route of several large state changes can beat a shorter one of small changes. Paths of a
+          shortest-path tree never repeat a node.
+        """
+        if path_score not in PATH_SCORES:
+            raise unknown_choice("path score", path_score, PATH_SCORES)
+        crit = np.unique(np.asarray(critical, dtype=np.int64))
+        crit = crit[(crit >= 0) & (crit < self.terminal_node)]
+        crit = crit[self.node_alive[crit]]
+        e = self.alive_edges()
+        e = e[self.edge_dst[e] < self.terminal_node]
+        if crit.size < 2 or e.size == 0:
+            return []
+        n = self._n_slots
+        pair = self.edge_src[e] * n + self.edge_dst[e]
+        sort = np.lexsort((e, -self.edge_reward[e], pair))
+        first = np.r_[True, pair[sort][1:] != pair[sort][:-1]]
+        rep, rep_pair = e[sort][first], pair[sort][first]  # one edge per (src, dst), ascending pair
+        if path_score == "shortest":
+            cost = np.ones(rep.size)
+        elif path_score == "reward":
+            reward = self.edge_reward[rep]
+            span = reward.max() - reward.min()
+            cost = (reward.max() - reward) / (span if span > 0 else 1.0) + _PATH_EPS
+        else:
+            keys = self.node_keys.astype(np.float64)
+            length = np.sqrt(((keys[self.edge_src[rep]] - keys[self.edge_dst[rep]]) ** 2).sum(1))
+            mean = length.mean()
+            cost = np.exp(-length / (mean if mean > 0 else 1.0)) + 1e-12  # csgraph drops exact zeros
+        graph = sparse.csr_matrix((cost, (rep_pair // n, rep_pair % n)), shape=(n, n))
+        dist, pred = csgraph.shortest_path(graph, directed=True, indices=crit, return_predecessors=True,
+                                           unweighted=path_score == "shortest")
+        rows, cols = np.nonzero(np.isfinite(dist[:, crit]) & (crit[:, None] != crit[None, :]))
+        if rows.size == 0:
+            return []
+        src, cur = crit[rows], crit[cols]
+        seq = [cur]
+        while (cur != src).any():  # walk all paths back at once, one node per iteration
+            cur = np.where(cur != src, pred[rows, cur], cur)
+            seq.append(cur)
+        seq = np.stack(seq[::-1], 1)  # [P, L+1] node sequences, left-padded by repeating the source
+        u, v = seq[:, :-1], seq[:, 1:]
+        real = u != v
+        edges = np.full(u.shape, -1, dtype=np.int64)
+        edges[real] = rep[np.searchsorted(rep_pair, u[real] * n + v[real])]
+        return [row[row >= 0] for row in edges]
+
+    # ------------------------------------------------------------------ backups
+    def _backup(self, edges: np.ndarray, values: np.ndarray, gamma: float, eta: float,
+                reference_backup: bool) -> None:
+        """w_e += eta (target - w_e) given V(dst_e) in `values`; target r_e + gamma V or, as in the reference
+        code, V alone."""
+        target = values if reference_backup else self.edge_reward[edges] + gamma * values
+        self.edge_weight[edges] += eta * (target - self.edge_weight[edges])
+
+    def backup_paths(self, paths: list[np.ndarray], gamma: float, eta: float,
+                     reference_backup: bool = False) -> None:
+        """Back up along every path, last edge first: w_e += eta (r_e + gamma V(dst_e) - w_e).
+
+        All paths go together, aligned at their last edge: step p updates the p-th-from-last edge of every
+        path at once from the values before that step (an edge shared by several paths at the same step is
+        updated once). The reference processes paths one after another; only the order differs."""
+        paths = [np.asarray(p, dtype=np.int64) for p in paths if len(p)]
+        if not paths:
+            return
+        lens = np.array([len(p) for p in paths])
+        width = int(lens.max())
+        grid = np.full((len(paths), width), -1, dtype=np.int64)
+        rows = np.repeat(np.arange(len(paths)), lens)
+        cols = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(width - lens, lens)
+        grid[rows, cols] = np.concatenate(paths)
+        for c in range(width - 1, -1, -1):
+            edges = np.unique(grid[:, c])
+            edges = edges[edges >= 0]
+            edges = edges[self.edge_alive[edges] & (self.edge_dst[edges] != self.truncated_node)]
+            dst, inverse = np.unique(self.edge_dst[edges], return_inverse=True)
+            self._backup(edges, self.node_values(dst)[inverse], gamma, eta, reference_backup)
+
+    def sweep(self, gamma: float, eta: float, iterations: int = 1, reference_backup: bool = False) -> None:
+        """The same backup on all edges at once, `iterations` times (value iteration on the graph; each
+        iteration uses the values from before it). Edges into the truncated sentinel are left alone."""
+        csr = self._csr()
+        order = csr.order
+        backed = self.edge_dst[order] != self.truncated_node
+        edges, dst = order[backed], self.edge_dst[order][backed]
+        w, visits = self.edge_weight[order], self.edge_visits[order]
+        target_r = 0.0 if reference_backup else self.edge_reward[edges]
+        scale = 1.0 if reference_backup else gamma
+        for _ in range(iterations):
+            values = self._all_values(csr, w, visits)
+            w[backed] += eta * (target_r + scale * values[dst] - w[backed])
+        self.edge_weight[order] = w
+
+    # ------------------------------------------------------------------ persistence and views
+    def _config(self) -> dict[str, Any]:
+        return {"dim": self.dim, "capacity": self.capacity, "num_actions": self.num_actions,
+                "layout": self.layout, "edge_capacity": self.edge_capacity, "dist_th": self.dist_th,
+                "eta": self.eta, "node_value": self.node_value}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything as tensors / plain values (torch.load(weights_only=True) accepts it); a copy."""
+        arrays = {name: getattr(self, name).copy() for name in _NODE_STATE + _EDGE_STATE}
+        return to_saveable({"config": self._config(), "clock": self.clock,
+                            "edge_num_free": self._edge_num_free, "arrays": arrays})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["config"] != self._config():
+            raise ValueError(f"graph state was saved with {state['config']}, this graph is {self._config()}")
+        for name, value in to_numpy(state["arrays"]).items():
+            getattr(self, name)[...] = value
+        self.clock, self._edge_num_free = int(state["clock"]), int(state["edge_num_free"])
+        k = self.node_keys.astype(np.float64)
+        self._sqnorm[:] = np.where(self.node_alive, (k * k).sum(1), np.inf)
+        self._sqnorm[self.terminal_node:] = np.inf
+        e = self.alive_edges()
+        self._lookup = dict(zip(self._pack(self.edge_src[e], self.edge_dst[e], self.edge_action[e]).tolist(),
+                                e.tolist(), strict=True))
+        self._edge_version += 1
+
+    def to_networkx(self) -> nx.MultiDiGraph:
+        """A networkx copy for plots and tests (edge keys are edge ids); not for the hot path."""
+        graph = nx.MultiDiGraph()
+        for v in self.alive_nodes().tolist():
+            graph.add_node(v, key=self.node_keys[v].copy(), visits=int(self.node_visits[v]))
+        graph.add_node(self.terminal_node, sentinel="terminal")
+        graph.add_node(self.truncated_node, sentinel="truncated")
+        for e in self.alive_edges().tolist():
+            graph.add_edge(int(self.edge_src[e]), int(self.edge_dst[e]), key=e,
+                           action=int(self.edge_action[e]), reward=float(self.edge_reward[e]),
+                           weight=float(self.edge_weight[e]), visits=int(self.edge_visits[e]))
+        return graph

@@ -1,0 +1,289 @@
+"""Nearest-neighbour search over float32 keys held in fixed slots ``[0, capacity)``.
+
+Episodic memories (MFEC tables, NEC's DND, the memory graph) address their entries by slot: a slot is written,
+overwritten when its entry is merged or evicted, and searched by key. ``KeyIndex`` is that one interface, with
+two backends chosen by size:
+
+- ``ExactIndex``: torch brute force (one matmul + topk per query chunk) over a preallocated
+  ``[capacity, dim]`` tensor; exact, batched, on the GPU when given a CUDA device; fine up to ~1e5 keys.
+- ``HNSWIndex``: hnswlib's graph index, updated in place (a written slot is inserted or moved, a removed slot
+  is marked deleted), never rebuilt per write -- the classic slowness of public NEC code.
+
+Squared Euclidean distances throughout, as the episodic kernels use them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import hnswlib
+import numpy as np
+import torch
+
+from gbmr.errors import unknown_choice
+
+INDEX_KINDS = ("exact", "hnsw", "auto")
+AUTO_HNSW_CAPACITY = 100_000  # "auto" switches to HNSW here: brute force costs ~3 ms per query at 1e5 keys
+
+
+def as_array(x: np.ndarray | torch.Tensor, dtype: type) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+class KeyIndex(ABC):
+    """k-NN over keys in slots ``[0, capacity)``; writing a slot that holds a key replaces (moves) it."""
+
+    def __init__(self, capacity: int, dim: int):
+        if capacity <= 0 or dim <= 0:
+            raise ValueError(f"capacity and dim must be positive, got {capacity}, {dim}")
+        self.capacity = int(capacity)
+        self.dim = int(dim)
+        self._alive = np.zeros(self.capacity, dtype=bool)
+        self._n = 0
+
+    # --- what a backend implements -------------------------------------------------------------------------
+    @abstractmethod
+    def _add(self, slots: np.ndarray, keys: np.ndarray) -> None:
+        """Write distinct ``slots`` (some may already hold keys: overwrite them)."""
+
+    @abstractmethod
+    def _remove(self, slots: np.ndarray) -> None:
+        """Forget distinct slots that hold keys."""
+
+    @abstractmethod
+    def _search(self, queries: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """k-NN for ``1 <= k <= len(self)``; every returned slot is alive."""
+
+    @abstractmethod
+    def get(self, slots: np.ndarray) -> np.ndarray:
+        """The stored keys of alive ``slots`` as float32 ``[n, dim]``."""
+
+    @abstractmethod
+    def _clear(self) -> None:
+        """Forget every key (the backend's part)."""
+
+    # --- the shared contract -------------------------------------------------------------------------------
+    def _check_slots(self, slots: np.ndarray | torch.Tensor) -> np.ndarray:
+        slots = as_array(slots, np.int64).reshape(-1)
+        if slots.size and (slots.min() < 0 or slots.max() >= self.capacity):
+            raise IndexError(f"slots must lie in [0, {self.capacity}), got [{slots.min()}, {slots.max()}]")
+        return slots
+
+    def add(self, slots: np.ndarray | torch.Tensor, keys: np.ndarray | torch.Tensor) -> None:
+        """Write ``keys[i]`` into ``slots[i]`` (insert, or move a stored key); a repeated slot: last wins."""
+        slots = self._check_slots(slots)
+        keys = as_array(keys, np.float32)
+        if keys.shape != (slots.size, self.dim):
+            raise ValueError(f"keys must have shape ({slots.size}, {self.dim}), got {keys.shape}")
+        if slots.size == 0:
+            return
+        _, last_from_end = np.unique(slots[::-1], return_index=True)
+        keep = slots.size - 1 - last_from_end
+        slots, keys = slots[keep], keys[keep]
+        self._add(slots, keys)
+        self._n += int((~self._alive[slots]).sum())
+        self._alive[slots] = True
+
+    def remove(self, slots: np.ndarray | torch.Tensor) -> None:
+        """Forget the keys in ``slots``; empty slots are ignored."""
+        slots = np.unique(self._check_slots(slots))
+        slots = slots[self._alive[slots]]
+        if slots.size == 0:
+            return
+        self._remove(slots)
+        self._alive[slots] = False
+        self._n -= slots.size
+
+    def search(self, queries: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest stored keys of each query, nearest first.
+
+        Returns (squared distances ``[B, k]`` float32, slots ``[B, k]`` int64); when fewer than ``k`` keys
+        are stored the tail is padded with distance ``inf`` and slot ``-1``. ``queries`` may be a torch tensor
+        (the exact backend then stays on its device).
+        """
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (B, {self.dim}), got {tuple(queries.shape)}")
+        b = queries.shape[0]
+        dist = np.full((b, k), np.inf, dtype=np.float32)
+        slots = np.full((b, k), -1, dtype=np.int64)
+        kk = min(k, self._n)
+        if kk and b:
+            dist[:, :kk], slots[:, :kk] = self._search(queries, kk)
+        return dist, slots
+
+    def clear(self) -> None:
+        """Forget every key."""
+        self._clear()
+        self._alive[:] = False
+        self._n = 0
+
+    @property
+    def alive(self) -> np.ndarray:
+        """Read-only mask of the slots holding a key."""
+        view = self._alive.view()
+        view.flags.writeable = False
+        return view
+
+    def __len__(self) -> int:
+        return self._n
+
+    def state_dict(self) -> dict[str, Any]:
+        """The alive slots and their keys -- backend-neutral, so a checkpoint loads into either backend."""
+        slots = np.flatnonzero(self._alive)
+        return {
+            "capacity": self.capacity,
+            "dim": self.dim,
+            "slots": torch.from_numpy(slots),
+            "keys": torch.from_numpy(self.get(slots)),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if (state["capacity"], state["dim"]) != (self.capacity, self.dim):
+            raise ValueError(
+                f"index state is for capacity {state['capacity']}, dim {state['dim']}; "
+                f"this index has {self.capacity}, {self.dim}"
+            )
+        self.clear()
+        self.add(state["slots"], state["keys"])
+
+
+class ExactIndex(KeyIndex):
+    """Brute force: ``||k||^2 - 2 q.k`` by one matmul into a reused buffer, topk, then the k winners'
+    distances recomputed as ``||q - k||^2`` so that identical keys read exactly 0 (the matmul form loses that
+    to cancellation, and exact-match tests in MFEC/NEC depend on it)."""
+
+    def __init__(self, capacity: int, dim: int, device: torch.device | str | None = None,
+                 chunk_elements: int = 1 << 23):
+        super().__init__(capacity, dim)
+        self.device = torch.device(device or "cpu")
+        self._keys = torch.zeros(self.capacity, self.dim, device=self.device)
+        self._sqnorm = torch.full((self.capacity,), float("inf"), device=self.device)  # inf = empty slot
+        self._hi = 0  # one past the last alive slot: only [0, hi) is scanned
+        self._chunk_elements = chunk_elements  # size of the score buffer (queries x scanned slots)
+        self._buffer = torch.empty(0, device=self.device)
+
+    def _add(self, slots: np.ndarray, keys: np.ndarray) -> None:
+        s = torch.from_numpy(slots).to(self.device)
+        k = torch.from_numpy(keys).to(self.device)
+        self._keys[s] = k
+        self._sqnorm[s] = (k * k).sum(1)
+        self._hi = max(self._hi, int(slots.max()) + 1)
+
+    def _remove(self, slots: np.ndarray) -> None:
+        self._sqnorm[torch.from_numpy(slots).to(self.device)] = float("inf")
+        if slots.max() + 1 < self._hi:
+            return
+        still = self._alive.copy()
+        still[slots] = False
+        alive_slots = np.flatnonzero(still)
+        self._hi = int(alive_slots[-1]) + 1 if alive_slots.size else 0
+
+    def _search(self, queries: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = torch.as_tensor(queries, dtype=torch.float32).to(self.device)
+        keys, sqnorm, hi = self._keys[: self._hi], self._sqnorm[: self._hi], self._hi
+        rows = max(1, self._chunk_elements // hi)
+        if self._buffer.numel() < min(rows, q.shape[0]) * hi:
+            self._buffer = torch.empty(min(rows, q.shape[0]) * hi, device=self.device)
+        out_d, out_s = [], []
+        for start in range(0, q.shape[0], rows):
+            qc = q[start : start + rows]
+            scores = self._buffer[: qc.shape[0] * hi].view(qc.shape[0], hi)
+            torch.addmm(sqnorm, qc, keys.T, alpha=-2.0, out=scores)  # empty slots stay inf, so never chosen
+            idx = scores.topk(k, dim=1, largest=False, sorted=False).indices
+            dist = (qc[:, None, :] - keys[idx]).square().sum(-1)
+            dist, order = dist.sort(dim=1)
+            out_d.append(dist)
+            out_s.append(idx.gather(1, order))
+        return torch.cat(out_d).cpu().numpy(), torch.cat(out_s).cpu().numpy().astype(np.int64)
+
+    def get(self, slots: np.ndarray) -> np.ndarray:
+        return self._keys[torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(self.device)].cpu().numpy()
+
+    def _clear(self) -> None:
+        self._sqnorm.fill_(float("inf"))
+        self._hi = 0
+
+
+class HNSWIndex(KeyIndex):
+    """hnswlib HNSW graph whose labels are the slots: ``add`` of a stored slot moves its key in place
+    (hnswlib ``updatePoint``), ``remove`` marks it deleted, and re-adding a deleted slot revives it. The graph
+    never holds more than ``capacity`` points, so no rebuild is ever needed.
+
+    Adds run on ``add_threads`` threads (1 = the same graph for the same writes, hence reproducible runs);
+    queries use every core (results do not depend on it). Recall grows with ``ef_search`` (>= k is used).
+    """
+
+    def __init__(self, capacity: int, dim: int, M: int = 16, ef_construction: int = 100,
+                 ef_search: int = 128, add_threads: int = 1, seed: int = 0):
+        super().__init__(capacity, dim)
+        self.M, self.ef_construction, self._ef_search = M, ef_construction, ef_search
+        self.add_threads, self.seed = add_threads, seed
+        self._clear()
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, ef: int) -> None:
+        self._ef_search = ef
+        self._graph.set_ef(ef)
+
+    def _clear(self) -> None:
+        self._graph = hnswlib.Index(space="l2", dim=self.dim)
+        self._graph.init_index(max_elements=self.capacity, ef_construction=self.ef_construction, M=self.M,
+                               random_seed=self.seed)
+        self._graph.set_ef(self.ef_search)
+
+    def _add(self, slots: np.ndarray, keys: np.ndarray) -> None:
+        self._graph.add_items(keys, slots, num_threads=self.add_threads)
+
+    def _remove(self, slots: np.ndarray) -> None:
+        for slot in slots.tolist():  # hnswlib marks one label per call; removals are rare and small
+            self._graph.mark_deleted(slot)
+
+    def _search(self, queries: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = as_array(queries, np.float32)
+        try:
+            labels, dist = self._graph.knn_query(q, k=k, num_threads=-1)
+        except RuntimeError:
+            # Many deletions can leave a region of the graph with fewer than k live points reachable;
+            # answer exactly rather than return short rows.
+            return self._exact(q, k)
+        return dist, labels.astype(np.int64)
+
+    def _exact(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        slots = np.flatnonzero(self._alive)
+        keys = self.get(slots)
+        dist = ((q[:, None, :] - keys[None]) ** 2).sum(-1)
+        idx = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        part = np.take_along_axis(dist, idx, 1)
+        order = np.argsort(part, axis=1)
+        return np.take_along_axis(part, order, 1).astype(np.float32), slots[np.take_along_axis(idx, order, 1)]
+
+    def get(self, slots: np.ndarray) -> np.ndarray:
+        slots = np.asarray(slots, dtype=np.int64)
+        if slots.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.asarray(self._graph.get_items(slots, return_type="numpy"), dtype=np.float32)
+
+
+def make_index(kind: str, capacity: int, dim: int, device: torch.device | str | None = None,
+               **hnsw_options: Any) -> KeyIndex:
+    """``kind`` in {"exact", "hnsw", "auto"}; "auto" is exact below ``AUTO_HNSW_CAPACITY`` slots, else HNSW.
+
+    ``device`` places the exact backend (HNSW runs on the CPU); ``hnsw_options`` are ``HNSWIndex`` keywords
+    (M, ef_construction, ef_search, add_threads, seed) and are ignored by the exact backend.
+    """
+    if kind not in INDEX_KINDS:
+        raise unknown_choice("nearest-neighbour index", kind, INDEX_KINDS)
+    if kind == "auto":
+        kind = "exact" if capacity < AUTO_HNSW_CAPACITY else "hnsw"
+    if kind == "exact":
+        return ExactIndex(capacity, dim, device=device)
+    return HNSWIndex(capacity, dim, **hnsw_options)

@@ -1,0 +1,85 @@
+"""Feature extractors ("torsos") shared by every agent, chosen from the observation shape.
+
+- ``mlp`` for vectors (and small flattened grids),
+- ``nature_cnn`` for 84x84 Atari frame stacks (Mnih et al. 2015),
+- ``minatar_cnn`` for MinAtar's 10x10xC grids (Young & Tian 2019: one 3x3 conv with 16 channels).
+Image inputs stored as uint8 are scaled to [0, 1] inside the net, so buffers can keep uint8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from gbmr.errors import GbmrError, unknown_choice
+
+TORSOS = ("auto", "mlp", "nature_cnn", "minatar_cnn")
+
+
+class Scale(nn.Module):
+    """Cast to float and scale uint8 pixels to [0, 1]."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() * self.scale
+
+
+def mlp(in_dim: int, hidden: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), activation()]
+        in_dim = width
+    return nn.Sequential(*layers)
+
+
+def nature_cnn(channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 8, stride=4), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+        nn.Flatten(),
+    )  # fmt: skip
+
+
+def minatar_cnn(channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
+
+
+def pick_torso(shape: tuple[int, ...]) -> str:
+    if len(shape) == 3 and shape[1] >= 36 and shape[2] >= 36:
+        return "nature_cnn"
+    if len(shape) == 3 and shape[1] == shape[2] == 10:
+        return "minatar_cnn"
+    return "mlp"
+
+
+def make_torso(kind: str, observation_space: gym.Space, hidden: Sequence[int] = (256,)) -> tuple[nn.Module, int]:
+    """A torso for this observation space and the size of its output features.
+
+    ``hidden`` sizes the MLP torso (its layers) and the fully connected layer after a CNN.
+    """
+    if not isinstance(observation_space, gym.spaces.Box):
+        raise GbmrError(f"observations must be a Box (array) space, got {observation_space}")
+    shape = tuple(observation_space.shape)
+    if kind not in TORSOS:
+        raise unknown_choice("torso", kind, TORSOS)
+    kind = pick_torso(shape) if kind == "auto" else kind
+    scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else 1.0
+    if kind == "mlp":
+        in_dim = int(np.prod(shape))
+        body = nn.Sequential(Scale(scale), nn.Flatten(), mlp(in_dim, hidden))
+        return body, hidden[-1] if hidden else in_dim
+    if len(shape) != 3:
+        raise GbmrError(f"torso '{kind}' needs (channels, height, width) observations, got shape {shape}")
+    conv = nature_cnn(shape[0]) if kind == "nature_cnn" else minatar_cnn(shape[0])
+    with torch.no_grad():
+        conv_out = conv(torch.zeros(1, *shape)).shape[1]
+    body = nn.Sequential(Scale(scale), conv, mlp(conv_out, hidden))
+    return body, hidden[-1] if hidden else conv_out

@@ -1,0 +1,263 @@
+"""The single-process runner: steps a gymnasium vector env, feeds the agent, records, checkpoints.
+
+Exact resume. Every episode of environment ``i`` starts from ``reset(seed=derive_seed(seed, i, n))`` and the
+runner keeps the actions taken since that reset. Environments are deterministic given the reset seed and the
+actions, so a checkpoint can be taken at any step: on resume each environment is reset with its episode's seed
+and the recorded actions are replayed, which puts it back exactly where it was. Together with the agent's
+state (nets, optimiser, replay, RNG) and the runner's counters this makes a killed-and-resumed run write the
+same ``metrics.csv`` as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from gbmr.agents.base import Agent
+from gbmr.config import RunConfig
+from gbmr.experiment.run_dir import EPISODE_COLUMNS, EVAL_COLUMNS, CsvLog, RunDir
+from gbmr.experiment.seeding import derive_seed
+from gbmr.experiment.state import to_numpy, to_saveable
+
+TRAIN_STREAM = 0  # seed streams: training episodes of env i use stream i, evaluation its own range
+EVAL_STREAM = 1_000_000
+
+
+def env_state(env: gym.Env) -> dict | None:
+    """State an environment carries across episodes (e.g. a dynamic maze's episode counter), if any.
+
+    Taken right after a reset; loading it and resetting again restarts that same episode."""
+    getter = getattr(env.unwrapped, "state_dict", None)
+    return getter() if callable(getter) else None
+
+
+def evaluate(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_index: int = 0) -> np.ndarray:
+    """Returns of ``episodes`` greedy episodes, each reset with its own deterministic seed."""
+    returns = np.zeros(episodes)
+    for k in range(episodes):
+        obs, _ = env.reset(seed=derive_seed(base_seed, EVAL_STREAM, first_index + k))
+        done = False
+        while not done:
+            action = agent.act(obs[None], explore=False)[0]
+            obs, reward, terminated, truncated, _ = env.step(action)
+            returns[k] += float(reward)
+            done = terminated or truncated
+    return returns
+
+
+class SyncRunner:
+    def __init__(
+        self,
+        config: RunConfig,
+        agent: Agent,
+        envs: gym.vector.SyncVectorEnv,
+        eval_env: gym.Env,
+        run: RunDir,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.agent = agent
+        self.envs = envs
+        self.eval_env = eval_env
+        self.run = run
+        self.progress = progress
+        n = envs.num_envs
+        self.step = 0
+        self.episodes = 0
+        self.evaluations = 0
+        self.episode_index = np.zeros(n, dtype=np.int64)  # per-env count of episodes started
+        self.episode_seed = np.zeros(n, dtype=np.int64)
+        self.episode_env_state: list[dict | None] = [None] * n  # env state of the episode (see env_state)
+        self.episode_actions: list[list[Any]] = [[] for _ in range(n)]  # since the last real reset
+        self.episode_resets: list[list[int]] = [[] for _ in range(n)]  # action counts at continuing resets
+        self.episode_return = np.zeros(n)
+        self.episode_length = np.zeros(n, dtype=np.int64)
+        self.metric_sums: dict[str, float] = {}
+        self.metric_counts: dict[str, int] = {}
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.obs: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, checkpoint: dict[str, Any] | None = None) -> None:
+        cfg = self.config
+        resuming = checkpoint is not None
+        if resuming:
+            self._load(checkpoint)
+        else:
+            self.obs = self._reset(np.ones(self.envs.num_envs, dtype=bool))
+        columns = EPISODE_COLUMNS + tuple(self.agent.metric_names)
+        metrics = CsvLog(self.run.metrics, columns, checkpoint["runner"]["metrics_rows"] if resuming else None)
+        evals = CsvLog(self.run.eval, EVAL_COLUMNS, checkpoint["runner"]["eval_rows"] if resuming else None)
+        writer = SummaryWriter(str(self.run.tensorboard), purge_step=self.step if resuming else None)
+        bar = tqdm(total=cfg.total_steps, initial=self.step, unit="step", disable=not self.progress,
+                   dynamic_ncols=True, smoothing=0.05)
+        self.run.write_status("running", self.step, cfg.total_steps)
+        n = self.envs.num_envs
+        next_eval = _next_multiple(self.step, cfg.eval_every)
+        next_checkpoint = _next_multiple(self.step, cfg.checkpoint_every)
+        clock, clock_step = time.perf_counter(), self.step
+        try:
+            while self.step < cfg.total_steps:
+                actions = self.agent.act(self.obs, explore=True)
+                next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+                self.agent.observe(self.obs, actions, rewards, next_obs, terminated, truncated)
+                self._accumulate(self.agent.update())
+                self.step += n
+                for i in range(n):
+                    self.episode_actions[i].append(actions[i])
+                self.episode_return += rewards
+                self.episode_length += 1
+                done = terminated | truncated
+                self.obs = next_obs
+                if done.any():
+                    for i in np.flatnonzero(done):
+                        self._end_episode(i, metrics, writer)
+                    self.obs = self._reset(done, self.obs)
+                    if self.recent_returns:
+                        bar.set_postfix(ret=f"{np.mean(self.recent_returns):.1f}", refresh=False)
+                if self.step >= next_eval or self.step >= cfg.total_steps:
+                    self._evaluate(evals, writer)
+                    next_eval = _next_multiple(self.step, cfg.eval_every)
+                if self.step >= next_checkpoint or self.step >= cfg.total_steps:
+                    self.run.save_checkpoint(self._state(metrics.rows, evals.rows))
+                    self.run.write_status("running", self.step, cfg.total_steps)
+                    next_checkpoint = _next_multiple(self.step, cfg.checkpoint_every)
+                if self.step - clock_step >= 1000:
+                    now = time.perf_counter()
+                    writer.add_scalar("time/steps_per_second", (self.step - clock_step) / (now - clock), self.step)
+                    bar.update(self.step - bar.n)
+                    clock, clock_step = now, self.step
+            bar.update(self.step - bar.n)
+            self.run.write_status("complete", self.step, cfg.total_steps)
+        finally:
+            bar.close()
+            writer.close()
+            metrics.close()
+            evals.close()
+
+    def _end_episode(self, i: int, metrics: CsvLog, writer: SummaryWriter) -> None:
+        self.episodes += 1
+        ret, length = float(self.episode_return[i]), int(self.episode_length[i])
+        row = {"step": self.step, "episode": self.episodes, "return": ret, "length": length}
+        for key, total in self.metric_sums.items():
+            row[key] = total / self.metric_counts[key]
+            writer.add_scalar(f"train/{key}", row[key], self.step)
+        self.metric_sums, self.metric_counts = {}, {}
+        metrics.write(row)
+        writer.add_scalar("train/episode_return", ret, self.step)
+        writer.add_scalar("train/episode_length", length, self.step)
+        self.recent_returns.append(ret)
+
+    def _evaluate(self, evals: CsvLog, writer: SummaryWriter) -> None:
+        cfg = self.config
+        returns = evaluate(self.agent, self.eval_env, cfg.eval_episodes, cfg.seed,
+                           first_index=self.evaluations * cfg.eval_episodes)
+        self.evaluations += 1
+        row = {"step": self.step, "mean_return": float(returns.mean()), "std_return": float(returns.std()),
+               "min_return": float(returns.min()), "max_return": float(returns.max()), "episodes": len(returns)}
+        evals.write(row)
+        writer.add_scalar("eval/mean_return", row["mean_return"], self.step)
+
+    def _accumulate(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.metric_sums[key] = self.metric_sums.get(key, 0.0) + value
+            self.metric_counts[key] = self.metric_counts.get(key, 0) + 1
+
+    def _reset(self, mask: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
+        """Reset the masked environments with their next episode seeds; return the batch of observations.
+
+        An Atari env with episodic life may continue its game instead (``info["life_reset"]``): then the seed
+        is ignored, so the episode keeps its recorded start and actions, plus the point where it was reset.
+        """
+        n = self.envs.num_envs
+        seeds: list[int | None] = [None] * n
+        for i in np.flatnonzero(mask):
+            seeds[i] = derive_seed(self.config.seed, TRAIN_STREAM + i, int(self.episode_index[i]))
+            self.episode_index[i] += 1
+        reset_obs, infos = self.envs.reset(seed=seeds, options={"reset_mask": mask})
+        continued = np.asarray(infos.get("life_reset", np.zeros(n, dtype=bool)))
+        for i in np.flatnonzero(mask):
+            if continued[i]:
+                self.episode_resets[i].append(len(self.episode_actions[i]))
+            else:
+                self.episode_seed[i] = seeds[i]
+                self.episode_env_state[i] = env_state(self.envs.envs[i])
+                self.episode_actions[i] = []
+                self.episode_resets[i] = []
+        self.episode_return[mask] = 0.0
+        self.episode_length[mask] = 0
+        if obs is None:
+            return reset_obs
+        obs = obs.copy()
+        obs[mask] = reset_obs[mask]
+        return obs
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self, metrics_rows: int, eval_rows: int) -> dict[str, Any]:
+        runner = {
+            "step": self.step,
+            "episodes": self.episodes,
+            "evaluations": self.evaluations,
+            "episode_index": self.episode_index,
+            "episode_seed": self.episode_seed,
+            "episode_env_state": self.episode_env_state,
+            "episode_actions": [np.asarray(a) for a in self.episode_actions],
+            "episode_resets": self.episode_resets,
+            "episode_return": self.episode_return,
+            "episode_length": self.episode_length,
+            "metric_sums": self.metric_sums,
+            "metric_counts": self.metric_counts,
+            "recent_returns": list(self.recent_returns),
+            "metrics_rows": metrics_rows,
+            "eval_rows": eval_rows,
+        }
+        return {"runner": to_saveable(runner), "agent": to_saveable(self.agent.state_dict()),
+                "torch_rng": torch.get_rng_state()}
+
+    def _load(self, checkpoint: dict[str, Any]) -> None:
+        runner = to_numpy(checkpoint["runner"])
+        self.agent.load_state_dict(checkpoint["agent"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        self.step = runner["step"]
+        self.episodes = runner["episodes"]
+        self.evaluations = runner["evaluations"]
+        self.episode_index = runner["episode_index"].copy()
+        self.episode_seed = runner["episode_seed"].copy()
+        self.episode_env_state = list(runner["episode_env_state"])
+        self.episode_actions = [list(a) for a in runner["episode_actions"]]
+        self.episode_resets = [list(r) for r in runner["episode_resets"]]
+        self.episode_return = runner["episode_return"].copy()
+        self.episode_length = runner["episode_length"].copy()
+        self.metric_sums = dict(runner["metric_sums"])
+        self.metric_counts = dict(runner["metric_counts"])
+        self.recent_returns.extend(runner["recent_returns"])
+        self.obs = self._replay_episodes()
+
+    def _replay_episodes(self) -> np.ndarray:
+        """Bring every environment back to where it was: reset with the episode's seed, replay its actions."""
+        observations = []
+        for i, env in enumerate(self.envs.envs):
+            if self.episode_env_state[i] is not None:
+                env.unwrapped.load_state_dict(self.episode_env_state[i])
+            obs, _ = env.reset(seed=int(self.episode_seed[i]))
+            resets = set(self.episode_resets[i])
+            for t, action in enumerate(self.episode_actions[i]):
+                if t in resets:
+                    obs, _ = env.reset()
+                obs, *_ = env.step(action)
+            if len(self.episode_actions[i]) in resets:
+                obs, _ = env.reset()
+            observations.append(obs)
+        return np.stack(observations)
+
+
+def _next_multiple(step: int, every: int) -> int:
+    """The first multiple of ``every`` strictly after ``step`` (never, when ``every`` is 0)."""
+    return (step // every + 1) * every if every > 0 else np.iinfo(np.int64).max

@@ -1,0 +1,434 @@
+"""MemoryGraph against hand-computed values, a naive sequential writer and networkx / plain-Python oracles."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+
+import gbmr.memory.graph as graph_module
+from gbmr.errors import GbmrError
+from gbmr.memory.graph import MemoryGraph
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def edge_table(g: MemoryGraph) -> dict[tuple[int, int, int], tuple[float, float, int]]:
+    e = g.alive_edges()
+    return {(int(g.edge_src[i]), int(g.edge_dst[i]), int(g.edge_action[i])):
+            (float(g.edge_weight[i]), float(g.edge_reward[i]), int(g.edge_visits[i])) for i in e}
+
+
+def check_invariants(g: MemoryGraph) -> None:
+    """Capacity, no dangling edge, no stale lookup entry, linked lists that list exactly the alive edges."""
+    per_table = g.node_alive[: g.terminal_node].reshape(g.num_tables, g.capacity).sum(1)
+    assert (per_table <= g.capacity).all() and per_table.sum() == g.num_nodes
+    assert g.num_edges <= g.edge_capacity
+    e = g.alive_edges()
+    assert len(e) == g.num_edges
+    assert g.node_alive[g.edge_src[e]].all() and g.node_alive[g.edge_dst[e]].all()
+    assert len(g._lookup) == len(e)
+    for key, i in g._lookup.items():
+        assert g.edge_alive[i] and g.edge_id(g.edge_src[i], g.edge_dst[i], g.edge_action[i]) == i
+        assert key == g._pack(int(g.edge_src[i]), int(g.edge_dst[i]), int(g.edge_action[i]))
+    for head, nxt, end in ((g._out_head, g._out_next, g.edge_src), (g._in_head, g._in_next, g.edge_dst)):
+        listed = []
+        for v in range(len(head)):
+            i = head[v]
+            while i >= 0:
+                assert end[i] == v and g.edge_alive[i]
+                listed.append(int(i))
+                i = nxt[i]
+        assert sorted(listed) == sorted(e.tolist())
+    free = {int(t): g._node_free[t, : g._node_num_free[t]] for t in range(g.num_tables)}
+    for t, slots in free.items():
+        assert not g.node_alive[slots].any() and len(set(slots.tolist())) == len(slots)
+        assert ((slots // g.capacity) == t).all()
+
+
+class NaiveGraph:
+    """The write rule of GBMR.md done one step at a time with exhaustive search and a dict of edges, using the
+    same slot policy (free stack, lowest ids first, evicted slot reused first) so ids can be compared."""
+
+    def __init__(self, dim, capacity, num_actions, layout, dist_th, eta):
+        self.tables = num_actions if layout == "per_action" else 1
+        self.cap, self.th, self.eta = capacity, dist_th, eta
+        self.keys = np.zeros((self.tables * capacity, dim), np.float32)
+        self.alive = np.zeros(self.tables * capacity, bool)
+        self.visits = np.zeros(self.tables * capacity, np.int64)
+        self.last = np.zeros(self.tables * capacity, np.int64)
+        self.free = [list(range(t * capacity, (t + 1) * capacity))[::-1] for t in range(self.tables)]
+        self.edges: dict[tuple[int, int, int], list] = {}
+        self.clock = 0
+        self.terminal = self.tables * capacity
+
+    def write(self, keys, actions, rewards, returns):
+        nodes: list[int] = []
+        for h, a in zip(keys, actions, strict=True):
+            self.clock += 1
+            table = int(a) if self.tables > 1 else 0
+            ids = [i for i in range(table * self.cap, (table + 1) * self.cap) if self.alive[i]]
+            h64 = h.astype(np.float64)
+            d = math.inf
+            if ids:
+                d2 = ((self.keys[ids].astype(np.float64) - h64) ** 2).sum(1)
+                best, d = ids[int(np.argmin(d2))], math.sqrt(d2.min())
+            if d < self.th:
+                self.keys[best] = (self.keys[best].astype(np.float64) + d * h64) / (1.0 + d)
+                self.visits[best] += 1
+            else:
+                if not self.free[table]:
+                    victim = min(ids, key=lambda i: (self.last[i], i))
+                    self.alive[victim] = False
+                    self.edges = {k: v for k, v in self.edges.items() if victim not in k[:2]}
+                    self.free[table].append(victim)
+                    nodes = [-1 if n == victim else n for n in nodes]
+                best = self.free[table].pop()
+                self.keys[best], self.visits[best], self.alive[best] = h, 1, True
+            self.last[best] = self.clock
+            nodes.append(best)
+        for t, (s, a) in enumerate(zip(nodes, actions, strict=True)):
+            d = nodes[t + 1] if t + 1 < len(nodes) else self.terminal
+            if s < 0 or d < 0:
+                continue
+            key = (s, d, int(a))
+            if key not in self.edges:
+                self.edges[key] = [float(returns[t]), float(rewards[t]), 1]
+            else:
+                w, r, v = self.edges[key]
+                self.edges[key] = [w + self.eta * (returns[t] - w), r + (rewards[t] - r) / (v + 1), v + 1]
+        return np.array(nodes)
+
+
+def random_episode(rng, T, dim, num_actions, scale=0.3):
+    keys = np.cumsum(rng.normal(0, scale, (T, dim)), 0).astype(np.float32)
+    actions = rng.integers(0, num_actions, T)
+    rewards = rng.integers(-1, 2, T).astype(np.float64)
+    returns = np.cumsum(rewards[::-1])[::-1].copy()
+    return keys, actions, rewards, returns
+
+
+def random_graph(seed, n=30, m=150, num_actions=3, node_value="mean"):
+    """Nodes with random keys and random edges (repeats give visits > 1), some into the sentinels."""
+    rng = np.random.default_rng(seed)
+    g = MemoryGraph(dim=4, capacity=n, num_actions=num_actions, node_value=node_value, eta=0.3,
+                    edge_capacity=4 * m)
+    ids = g.add_nodes(rng.normal(size=(n, 4)))
+    src = rng.choice(ids, m)
+    dst = rng.choice(np.append(ids, [g.terminal_node, g.truncated_node]), m)
+    g.add_transitions(src, dst, rng.integers(0, num_actions, m), rng.normal(size=m), rng.normal(size=m) * 3)
+    return g
+
+
+def oracle_values(graph: nx.MultiDiGraph, weights: dict[int, float], node_value: str) -> dict[int, float]:
+    """V(u) = max_a Q(u, a) from a networkx copy, Q the visit-weighted mean (or max) per action."""
+    values = {}
+    for u in graph.nodes:
+        per_action: dict[int, list[tuple[float, int]]] = {}
+        for _, _, key, data in graph.out_edges(u, keys=True, data=True):
+            per_action.setdefault(data["action"], []).append((weights[key], data["visits"]))
+        qs = [max(w for w, _ in wv) if node_value == "max"
+              else sum(w * v for w, v in wv) / sum(v for _, v in wv) for wv in per_action.values()]
+        values[u] = max(qs) if qs else 0.0
+    return values
+
+
+def oracle_backup(graph, weights, edges, gamma, eta, node_value, reference_backup, truncated):
+    values = oracle_values(graph, weights, node_value)
+    new = {}
+    for e in edges:
+        u, v, data = next((u, v, d) for u, v, k, d in graph.edges(keys=True, data=True) if k == e)
+        if v == truncated:
+            continue
+        target = values[v] if reference_backup else data["reward"] + gamma * values[v]
+        new[e] = weights[e] + eta * (target - weights[e])
+    weights.update(new)
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+def three_node_graph(**kwargs) -> MemoryGraph:
+    g = MemoryGraph(dim=2, capacity=5, num_actions=2, **kwargs)
+    n = g.add_nodes(np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
+    T = g.terminal_node
+    g.add_transitions([n[0], n[1], n[1], n[2]], [T, T, n[2], T], [0, 0, 1, 1], [0, 0, 0, 0],
+                      [1.0, 3.0, 2.0, 5.0])
+    return g
+
+
+def test_kernel_read_three_nodes_by_hand():
+    g = three_node_graph()
+    out = g.read(np.array([[0.5, 0.0]]), k=3, delta=1e-3)
+    w = np.array([1 / 0.251, 1 / 0.251, 1 / 4.251])
+    np.testing.assert_allclose(out.weights[0, 0], w)
+    assert sorted(out.nodes[0, 0].tolist()[:2]) == [0, 1] and out.nodes[0, 0, 2] == 2
+    # zero: a node without an out-edge labelled a counts with value 0
+    np.testing.assert_allclose(out.q[0], [(w[0] * 1 + w[1] * 3) / w.sum(), (w[1] * 2 + w[2] * 5) / w.sum()])
+    skip = g.read(np.array([[0.5, 0.0]]), k=3, delta=1e-3, missing="skip").q[0]
+    np.testing.assert_allclose(skip, [(w[0] * 1 + w[1] * 3) / (w[0] + w[1]),
+                                      (w[1] * 2 + w[2] * 5) / (w[1] + w[2])])
+    # fewer than k nodes -> 0
+    assert (g.read(np.array([[0.5, 0.0]]), k=4).q == 0).all()
+    with pytest.raises(GbmrError, match="Did you mean 'skip'"):
+        g.read(np.zeros((1, 2)), k=3, missing="skp")
+
+
+def test_node_q_visit_weighted_mean_and_max():
+    for node_value, expected in (("mean", (1 * 1 + 2 * 4.2) / 3), ("max", 4.2)):
+        g = MemoryGraph(dim=2, capacity=4, num_actions=2, node_value=node_value, eta=0.1)
+        a, b = g.add_nodes(np.eye(2))
+        g.add_transitions([a, a, a], [g.terminal_node, b, b], [0, 0, 0], [0, 0, 0], [1.0, 4.0, 6.0])
+        q, has = g.node_q(np.array([a, b]))
+        np.testing.assert_allclose(q, [[expected, 0], [0, 0]])
+        assert has.tolist() == [[True, False], [False, False]]
+        np.testing.assert_allclose(g.node_values(np.array([a, b])), [expected, 0])
+
+
+# ---------------------------------------------------------------------------- writes
+
+
+def test_merge_and_edge_update_rules_by_hand():
+    g = MemoryGraph(dim=2, capacity=10, num_actions=2, dist_th=1.0, eta=0.1)
+    T = g.terminal_node
+    ids = g.write_episode(np.array([[0, 0], [3, 0]]), np.array([0, 1]), np.array([1.0, 2.0]),
+                          np.array([5.0, 2.0]))
+    assert ids.tolist() == [0, 1]
+    assert edge_table(g) == {(0, 1, 0): (5.0, 1.0, 1), (1, T, 1): (2.0, 2.0, 1)}
+    ids = g.write_episode(np.array([[0.3, 0.4], [3, 0]]), np.array([0, 1]), np.array([3.0, 4.0]),
+                          np.array([7.0, 4.0]))
+    assert ids.tolist() == [0, 1]
+    np.testing.assert_allclose(g.node_keys[0], np.array([0.15, 0.2]) / 1.5, rtol=1e-6)  # d = 0.5
+    np.testing.assert_array_equal(g.node_keys[1], [3, 0])
+    assert g.node_visits[:2].tolist() == [2, 2] and g.node_last_used[:2].tolist() == [3, 4]
+    table = edge_table(g)
+    np.testing.assert_allclose(table[(0, 1, 0)], (5.2, 2.0, 2))
+    np.testing.assert_allclose(table[(1, T, 1)], (2.2, 3.0, 2))
+    # in one episode a step merges into a node inserted by an earlier step (self-loop), far keys insert;
+    # a truncated episode ends in the truncated sentinel
+    ids = g.write_episode(np.array([[0, 5], [0.2, 5]]), np.array([1, 1]), np.array([0.0, 1.0]),
+                          np.array([1.0, 1.0]), terminated=False)
+    assert ids.tolist() == [2, 2]
+    np.testing.assert_allclose(g.node_keys[2], [0.04 / 1.2, 5.0], rtol=1e-6)
+    assert set(edge_table(g)) == {(0, 1, 0), (1, T, 1), (2, 2, 1), (2, g.truncated_node, 1)}
+
+
+def test_per_action_layout_writes_into_the_table_of_the_action():
+    g = MemoryGraph(dim=2, capacity=4, num_actions=3, layout="per_action", dist_th=1.0)
+    ids = g.write_episode(np.zeros((3, 2)), np.array([0, 1, 1]), np.zeros(3), np.ones(3))
+    assert ids.tolist() == [0, 4, 4] and g.num_nodes == 2 and g.num_tables == 3
+    q = g.read(np.zeros((1, 2)), k=1).q
+    np.testing.assert_allclose(q, [[1.0, 1.0, 0.0]])
+    with pytest.raises(GbmrError, match="Did you mean 'per_action'"):
+        MemoryGraph(dim=2, capacity=4, num_actions=3, layout="per-action")
+
+
+def test_lru_eviction_removes_the_node_and_its_edges():
+    g = MemoryGraph(dim=1, capacity=2, num_actions=1, dist_th=0.5)
+    g.write_episode(np.array([[0.0], [10.0]]), np.zeros(2, int), np.zeros(2), np.ones(2))
+    g.write_episode(np.array([[10.0]]), np.zeros(1, int), np.zeros(1), np.ones(1))  # touches node 1
+    ids = g.write_episode(np.array([[20.0]]), np.zeros(1, int), np.zeros(1), np.ones(1))
+    assert ids.tolist() == [0]  # node 0 was the least recently used: evicted, its slot reused
+    assert set(edge_table(g)) == {(1, g.terminal_node, 0), (0, g.terminal_node, 0)}
+    assert edge_table(g)[(0, g.terminal_node, 0)] == (1.0, 0.0, 1)
+    check_invariants(g)
+
+
+@pytest.mark.parametrize("layout", ["joint", "per_action"])
+@pytest.mark.parametrize("candidates", [2, 32])
+def test_write_matches_naive_sequential_writer(layout, candidates, monkeypatch):
+    """Batched search + touched-node bookkeeping == one-step-at-a-time exhaustive search, including merges
+    into nodes moved earlier in the episode, evictions, and (capacity < episode) in-episode evictions."""
+    monkeypatch.setattr(graph_module, "_CANDIDATES", candidates)
+    rng = np.random.default_rng(1)
+    capacity = 25
+    g = MemoryGraph(dim=3, capacity=capacity, num_actions=2, layout=layout, dist_th=0.6, eta=0.1,
+                    edge_capacity=10_000)  # the naive writer has no edge capacity
+    naive = NaiveGraph(3, capacity, 2, layout, 0.6, 0.1)
+    for _ in range(30):
+        episode = random_episode(rng, int(rng.integers(1, 60)), 3, 2, scale=0.25)
+        np.testing.assert_array_equal(g.write_episode(*episode), naive.write(*episode))
+        check_invariants(g)
+    np.testing.assert_array_equal(g.node_alive[: g.terminal_node], naive.alive)
+    np.testing.assert_array_equal(g.node_keys[: g.terminal_node][naive.alive], naive.keys[naive.alive])
+    np.testing.assert_array_equal(g.node_visits[: g.terminal_node][naive.alive], naive.visits[naive.alive])
+    ours = edge_table(g)
+    assert set(ours) == set(naive.edges)
+    for key, (w, r, v) in naive.edges.items():
+        np.testing.assert_allclose(ours[key], (w, r, v), rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["joint", "per_action"])
+def test_capacity_never_exceeded_over_ten_times_capacity_writes(layout):
+    rng = np.random.default_rng(2)
+    g = MemoryGraph(dim=4, capacity=50, num_actions=3, layout=layout, edge_capacity=60, dist_th=0.3)
+    written, most_edges = 0, 0
+    while written < 10 * 50 * g.num_tables:
+        episode = random_episode(rng, 40, 4, 3)
+        ids = g.write_episode(*episode)
+        assert (ids >= 0).all() and g.node_alive[ids].all()
+        written += 40
+        most_edges = max(most_edges, g.num_edges)
+        check_invariants(g)
+    assert g.num_nodes == 50 * g.num_tables and most_edges == 60  # both filled up, and stayed consistent
+
+
+# ---------------------------------------------------------------------------- persistence
+
+
+def test_state_dict_round_trip_gives_identical_reads_and_writes():
+    rng = np.random.default_rng(3)
+    g = MemoryGraph(dim=4, capacity=40, num_actions=3, dist_th=0.5)
+    for _ in range(8):
+        g.write_episode(*random_episode(rng, 30, 4, 3))
+    buffer = io.BytesIO()
+    torch.save(g.state_dict(), buffer)
+    buffer.seek(0)
+    h = MemoryGraph(dim=4, capacity=40, num_actions=3, dist_th=0.5)
+    h.load_state_dict(torch.load(buffer, weights_only=True))
+    queries = rng.normal(size=(7, 4))
+    for a, b in zip(g.read(queries, k=5), h.read(queries, k=5), strict=True):
+        np.testing.assert_array_equal(a, b)
+    episode = random_episode(rng, 30, 4, 3)
+    np.testing.assert_array_equal(g.write_episode(*episode), h.write_episode(*episode))
+    assert edge_table(g) == edge_table(h)
+    check_invariants(h)
+    with pytest.raises(ValueError, match="saved with"):
+        MemoryGraph(dim=4, capacity=41, num_actions=3).load_state_dict(g.state_dict())
+
+
+# ---------------------------------------------------------------------------- backups
+
+
+@pytest.mark.parametrize("node_value", ["mean", "max"])
+@pytest.mark.parametrize("reference_backup", [False, True])
+def test_sweep_matches_python_oracle(node_value, reference_backup):
+    for seed in range(3):
+        g = random_graph(seed, node_value=node_value)
+        graph = g.to_networkx()
+        weights = {int(e): float(g.edge_weight[e]) for e in g.alive_edges()}
+        for _ in range(4):
+            oracle_backup(graph, weights, list(weights), 0.9, 0.3, node_value, reference_backup,
+                          g.truncated_node)
+        g.sweep(gamma=0.9, eta=0.3, iterations=4, reference_backup=reference_backup)
+        np.testing.assert_allclose([g.edge_weight[e] for e in weights], list(weights.values()), atol=1e-6)
+
+
+def test_backup_along_a_chain_by_hand():
+    g = MemoryGraph(dim=1, capacity=3, num_actions=1)
+    n = g.add_nodes(np.array([[0.0], [1.0], [2.0]]))
+    e = g.add_transitions([n[0], n[1], n[2]], [n[1], n[2], g.terminal_node], [0, 0, 0], [1.0, 2.0, 3.0],
+                          [0.0, 0.0, 10.0])
+    g.backup_paths([e[:2]], gamma=0.9, eta=0.5)
+    w12 = 0.5 * (2.0 + 0.9 * 10.0)  # last edge first, from V(n2) = 10
+    w01 = 0.5 * (1.0 + 0.9 * w12)  # then from the updated V(n1)
+    np.testing.assert_allclose(g.edge_weight[e], [w01, w12, 10.0])
+    g.backup_paths([e[:2]], gamma=0.9, eta=0.5, reference_backup=True)  # target = V(dst) only
+    np.testing.assert_allclose(g.edge_weight[e[1]], w12 + 0.5 * (10.0 - w12))
+
+
+@pytest.mark.parametrize("node_value", ["mean", "max"])
+def test_backup_paths_matches_python_oracle(node_value):
+    for seed in range(3):
+        g = random_graph(seed, node_value=node_value)
+        paths = g.reconstruct_paths(g.alive_nodes()[:8])
+        assert len(paths) > 10
+        graph = g.to_networkx()
+        weights = {int(e): float(g.edge_weight[e]) for e in g.alive_edges()}
+        width = max(len(p) for p in paths)
+        for back in range(1, width + 1):  # paths aligned at their last edge, one position per step
+            column = sorted({int(p[-back]) for p in paths if len(p) >= back})
+            oracle_backup(graph, weights, column, 0.95, 0.3, node_value, False, g.truncated_node)
+        g.backup_paths(paths, gamma=0.95, eta=0.3)
+        np.testing.assert_allclose([g.edge_weight[e] for e in weights], list(weights.values()), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- paths
+
+
+def test_shortest_paths_agree_with_networkx():
+    for seed in range(3):
+        g = random_graph(seed, n=40, m=90)
+        crit = g.alive_nodes()[::4]
+        paths = g.reconstruct_paths(crit)
+        digraph = nx.DiGraph(g.to_networkx())
+        found = {}
+        for p in paths:
+            src, dst = g.edge_src[p], g.edge_dst[p]
+            assert (dst[:-1] == src[1:]).all()  # a chain
+            found[(int(src[0]), int(dst[-1]))] = len(p)
+        expected = {}
+        for s in crit.tolist():
+            for t, length in nx.single_source_shortest_path_length(digraph, s).items():
+                if t in crit and t != s:
+                    expected[(s, t)] = length
+        assert found == expected
+
+
+def two_route_graph() -> tuple[MemoryGraph, np.ndarray]:
+    """0 -> 3 directly (reward 0) or 0 -> 1 -> 2 -> 3 (reward 1 each). Keys make the long route take big
+    steps in state space (lengths 5, 10, 5.5; mean edge length 5.25), the direct one a small step (0.5):
+    diversity costs exp(-0.5/5.25) = 0.909 against exp(-5/5.25) + exp(-10/5.25) + exp(-5.5/5.25) = 0.886."""
+    g = MemoryGraph(dim=1, capacity=4, num_actions=1)
+    n = g.add_nodes(np.array([[0.0], [5.0], [-5.0], [0.5]]))
+    g.add_transitions([n[0], n[0], n[1], n[2]], [n[3], n[1], n[2], n[3]], [0] * 4, [0.0, 1.0, 1.0, 1.0],
+                      [0.0] * 4)
+    return g, n
+
+
+@pytest.mark.parametrize(("score", "length"), [("shortest", 1), ("reward", 3), ("diversity", 3)])
+def test_path_scores_choose_their_route(score, length):
+    g, n = two_route_graph()
+    paths = g.reconstruct_paths(np.array([n[0], n[3]]), path_score=score)
+    assert len(paths) == 1 and len(paths[0]) == length  # 3 -> 0 has no path
+    with pytest.raises(GbmrError):
+        g.reconstruct_paths(n, path_score="longest")
+
+
+# ---------------------------------------------------------------------------- critical nodes
+
+
+def test_critical_nodes_crossing():
+    g = MemoryGraph(dim=1, capacity=10, num_actions=1)
+    g.add_nodes(np.arange(10.0)[:, None])
+    episodes = [np.array([1, 3, 5, 6]), np.array([3, 3, 4]), np.array([2, 5, 7, 3])]
+    rewards = [np.array([0, 1, 1, 0]), np.array([1, 1, 1]), np.array([0, 1, 1, 0])]
+    critical = g.critical_nodes_crossing(episodes, rewards, [10.0, 1.0, 8.0], top=2)
+    assert critical.tolist() == [5]  # 3 is rewarded in the dropped episode and unrewarded in the third
+    assert g.critical_nodes_crossing(episodes, rewards, [10.0, 1.0, 8.0], top=3).tolist() == [3, 5]
+
+
+def test_critical_nodes_degree_prefers_rarely_visited_hubs():
+    g = MemoryGraph(dim=1, capacity=10, num_actions=1)
+    n = g.add_nodes(np.arange(8.0)[:, None])
+    leaves = n[1:5]
+    g.add_transitions(np.r_[np.full(4, n[0]), leaves], np.r_[leaves, np.full(4, n[0])], np.zeros(8, int),
+                      np.zeros(8), np.zeros(8))
+    g.add_transitions([n[5], n[6]], [n[6], n[7]], [0, 0], [0, 0], [0, 0])
+    assert g.critical_nodes_degree(1).tolist() == [n[0]]
+    g.node_visits[n[0]] = 10_000  # same degree, but visited all the time: no longer a bottleneck
+    assert g.critical_nodes_degree(1).tolist() != [n[0]]
+
+
+def test_critical_nodes_cluster_picks_blob_centres():
+    g = MemoryGraph(dim=2, capacity=30, num_actions=1)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    offsets = np.array([[0, 0], [1, 0], [-1, 0], [0, 1], [0, -1]], dtype=np.float64)
+    ids = g.add_nodes((centres[:, None, :] + offsets[None]).reshape(-1, 2))
+    assert g.critical_nodes_cluster(3, seed=0).tolist() == sorted(ids[[0, 5, 10]].tolist())
+
+
+def test_critical_nodes_gnn_picks_the_rewarding_neighbourhood():
+    g = MemoryGraph(dim=1, capacity=10, num_actions=1)
+    n = g.add_nodes(np.arange(6.0)[:, None])
+    T = g.terminal_node
+    g.add_transitions([n[0], n[1], n[2]], [n[1], n[2], T], [0, 0, 0], [5.0, 5.0, 5.0], [15.0, 10.0, 5.0])
+    g.add_transitions([n[3], n[4], n[5]], [n[4], n[5], T], [0, 0, 0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    assert sorted(g.critical_nodes_gnn(3, hops=2).tolist()) == n[:3].tolist()
+    # no propagation: z-scores value (15, 10, 5, 0, 0, 0) and degree (1, 2, 2, 1, 2, 2): node 1 scores
+    # 0.866 + 0.5 * 0.707 against node 0's 1.732 - 0.5 * 1.414 (equal reward, equal visits)
+    assert g.critical_nodes_gnn(1, hops=0).tolist() == [n[1]]
