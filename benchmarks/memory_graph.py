@@ -8,7 +8,7 @@ nearest-node search is one vectorised pass per step; everything else is Python, 
 
     python benchmarks/memory_graph.py [--small] [--threads 1] [--seed 0]
 
-Prints a Markdown table. Defaults: 100k written steps (episodes of 100, key dim 8, 4 actions, capacity 20k
+Prints a Markdown table. Defaults: 100k written steps (episodes of 100, key dim 8, 4 actions, capacity 10k
 nodes, dist_th 0.3), 10 sweeps and 20 critical nodes on a 100k-node / 400k-edge graph; both sides run the
 same sizes (nothing is scaled).
 """
@@ -170,13 +170,15 @@ def bench_write(rng, steps, capacity, dim=8, num_actions=4, dist_th=0.3):
 
 
 def random_graph(rng, nodes, edges, num_actions=4) -> MemoryGraph:
-    """Edges mostly between nearby ids (a spatial-looking graph), 2% into the terminal sentinel."""
+    """A small world: 90% of edges join nearby ids, 8% jump anywhere, 2% end in the terminal sentinel."""
     g = MemoryGraph(8, nodes, num_actions, eta=ETA, edge_capacity=edges)
     ids = g.add_nodes(rng.normal(size=(nodes, 8)))
     src = rng.integers(0, nodes, edges)
-    dst = np.where(rng.random(edges) < 0.02, g.terminal_node, (src + rng.integers(-30, 31, edges)) % nodes)
-    g.add_transitions(ids[src], np.where(dst == g.terminal_node, dst, ids[dst % nodes]),
-                      rng.integers(0, num_actions, edges), rng.normal(size=edges), rng.normal(size=edges))
+    kind = rng.random(edges)
+    dst = np.where(kind < 0.9, (src + rng.integers(-30, 31, edges)) % nodes, rng.integers(0, nodes, edges))
+    dst = np.where(kind > 0.98, g.terminal_node, ids[dst])
+    g.add_transitions(ids[src], dst, rng.integers(0, num_actions, edges), rng.normal(size=edges),
+                      rng.normal(size=edges))
     g.node_visits[ids] = rng.integers(1, 50, nodes)
     return g
 
@@ -192,7 +194,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     scale = 10 if args.small else 1
-    steps, capacity = 100_000 // scale, 20_000 // scale
+    steps, capacity = 100_000 // scale, 10_000 // scale
     nodes, edges, sweeps, num_critical = 100_000 // scale, 400_000 // scale, 10, 20
 
     rows = [bench_write(rng, steps, capacity)]

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_compare_parser(sub)
+    from gbmr.sweep_cli import add_sweep_parser
+
+    add_sweep_parser(sub)
     return parser
 
 

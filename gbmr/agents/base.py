@@ -43,8 +43,8 @@ class Agent(ABC):
         self.rng = np.random.default_rng(seed)
         self.steps = 0  # environment steps observed, summed over environments
 
-    @classmethod
-    def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:  # noqa: B027 - optional hook
+    @classmethod  # noqa: B027 - an optional hook, not an abstract method
+    def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
         """Raise GbmrError naming what the algorithm needs when it cannot handle these spaces."""
 
     @abstractmethod

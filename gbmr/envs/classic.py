@@ -1,10 +1,11 @@
-"""Gymnasium's classic-control tasks, unchanged: float32 vector observations, discrete actions, no options."""
+"""Gymnasium's classic-control tasks, unchanged: float32 vector observations; discrete (CartPole, Acrobot,
+MountainCar) and continuous (Pendulum, MountainCarContinuous) actions; no options."""
 
 from __future__ import annotations
 
 import gymnasium as gym
 
-IDS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0")
+IDS = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1", "MountainCarContinuous-v0")
 
 
 def env_ids() -> tuple[str, ...]:

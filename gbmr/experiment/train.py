@@ -44,6 +44,9 @@ def build_agent(config: RunConfig, observation_space: gym.Space, action_space: g
 def _runner(config: RunConfig, run: RunDir, progress: bool) -> SyncRunner:
     if config.num_envs < 1:
         raise GbmrError(f"num_envs must be at least 1, got {config.num_envs}")
+    if config.torch_threads < 1:
+        raise GbmrError(f"torch_threads must be at least 1, got {config.torch_threads}")
+    torch.set_num_threads(config.torch_threads)
     seed_everything(config.seed)
     envs = make_vector_env(config.env, config.num_envs, **config.env_options)
     envs.action_space.seed(config.seed)

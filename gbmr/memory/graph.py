@@ -77,6 +77,7 @@ class _Csr(NamedTuple):
     gcount: np.ndarray  # edges per group
     gact: np.ndarray  # action of each group
     nptr: np.ndarray  # [n_slots + 1]: node u owns groups nptr[u]:nptr[u+1]
+    eptr: np.ndarray  # [n_slots + 1]: node u's out-edges are order[eptr[u]:eptr[u+1]]
     vnodes: np.ndarray  # nodes owning at least one group, ascending
 
 
@@ -431,7 +432,8 @@ class MemoryGraph:
         gcount = np.diff(np.append(gstart, len(order)))
         gsrc, gact = gkey[gstart] // self.num_actions, gkey[gstart] % self.num_actions
         nptr = np.searchsorted(gsrc, np.arange(self._n_slots + 1))
-        csr = _Csr(order, gstart, gcount, gact, nptr, np.flatnonzero(np.diff(nptr) > 0))
+        eptr = np.append(gstart, len(order))[nptr]
+        csr = _Csr(order, gstart, gcount, gact, nptr, eptr, np.flatnonzero(np.diff(nptr) > 0))
         self._csr_cache = (self._edge_version, csr)
         return csr
 
@@ -576,17 +578,19 @@ class MemoryGraph:
     # ------------------------------------------------------------------ paths
     def reconstruct_paths(self, critical: np.ndarray, path_score: str = "shortest") -> list[np.ndarray]:
         """One path (edge ids, first edge first) for every ordered pair of distinct critical nodes joined by
-        a path; all sources searched at once by scipy.sparse.csgraph. Between two nodes, a path uses the
-        highest-reward edge (ties: lowest id). `path_score`:
+        a path. Between two consecutive nodes a path takes their highest-reward edge (ties: lowest id).
+        `path_score`:
 
-        - ``shortest``: fewest edges (BFS).
-        - ``reward``: approximately the largest cumulative reward: least total cost where an edge costs its
-          reward shortfall from the best edge reward, normalised to [0, 1], plus 1e-3 (ties -> fewer edges).
-          (Exact max-reward paths are NP-hard with positive cycles.)
+        - ``shortest``: fewest edges; one scipy BFS per critical node (csgraph.breadth_first_order: ~5x
+          faster here than csgraph.shortest_path(unweighted=True) over all sources at once).
+        - ``reward``: approximately the largest cumulative reward: least total cost (Dijkstra from all
+          critical nodes at once) where an edge costs its reward shortfall from the best edge reward,
+          normalised to [0, 1], plus 1e-3 (ties -> fewer edges). Exact max-reward paths are NP-hard.
         - ``diversity``: approximately the most distinct states: consecutive states should differ as much as
           possible, so an edge costs exp(-||key_u - key_v|| / l), l the mean edge length in key space; a
-          route of several large state changes can beat a shorter one of small changes. Paths of a
-          shortest-path tree never repeat a node.
+          route of several large state changes can beat a shorter one of small changes.
+
+        Paths from a shortest-path tree never repeat a node.
         """
         if path_score not in PATH_SCORES:
             raise unknown_choice("path score", path_score, PATH_SCORES)
@@ -597,39 +601,54 @@ class MemoryGraph:
         e = e[self.edge_dst[e] < self.terminal_node]
         if crit.size < 2 or e.size == 0:
             return []
-        n = self._n_slots
-        pair = self.edge_src[e] * n + self.edge_dst[e]
-        sort = np.lexsort((e, -self.edge_reward[e], pair))
-        first = np.r_[True, pair[sort][1:] != pair[sort][:-1]]
-        rep, rep_pair = e[sort][first], pair[sort][first]  # one edge per (src, dst), ascending pair
+        n, src, dst = self._n_slots, self.edge_src[e], self.edge_dst[e]
         if path_score == "shortest":
-            cost = np.ones(rep.size)
-        elif path_score == "reward":
-            reward = self.edge_reward[rep]
-            span = reward.max() - reward.min()
-            cost = (reward.max() - reward) / (span if span > 0 else 1.0) + _PATH_EPS
+            graph = sparse.csr_matrix((np.ones(e.size), (src, dst)), shape=(n, n))
+            pred = np.stack([csgraph.breadth_first_order(graph, c, directed=True, return_predecessors=True)[1]
+                             for c in crit.tolist()])
         else:
-            keys = self.node_keys.astype(np.float64)
-            length = np.sqrt(((keys[self.edge_src[rep]] - keys[self.edge_dst[rep]]) ** 2).sum(1))
-            mean = length.mean()
-            cost = np.exp(-length / (mean if mean > 0 else 1.0)) + 1e-12  # csgraph drops exact zeros
-        graph = sparse.csr_matrix((cost, (rep_pair // n, rep_pair % n)), shape=(n, n))
-        dist, pred = csgraph.shortest_path(graph, directed=True, indices=crit, return_predecessors=True,
-                                           unweighted=path_score == "shortest")
-        rows, cols = np.nonzero(np.isfinite(dist[:, crit]) & (crit[:, None] != crit[None, :]))
+            if path_score == "reward":
+                reward = self.edge_reward[e]
+                span = reward.max() - reward.min()
+                cost = (reward.max() - reward) / (span if span > 0 else 1.0) + _PATH_EPS
+            else:
+                keys = self.node_keys.astype(np.float64)
+                length = np.sqrt(((keys[src] - keys[dst]) ** 2).sum(1))
+                mean = length.mean()
+                cost = np.exp(-length / (mean if mean > 0 else 1.0)) + 1e-12  # csgraph drops exact zeros
+            pairs, inverse = np.unique(src * n + dst, return_inverse=True)
+            best = np.full(pairs.size, np.inf)
+            np.minimum.at(best, inverse, cost)  # parallel edges: the cheapest (highest-reward) one
+            graph = sparse.csr_matrix((best, (pairs // n, pairs % n)), shape=(n, n))
+            pred = csgraph.dijkstra(graph, directed=True, indices=crit, return_predecessors=True)[1]
+        rows, cols = np.nonzero((pred[:, crit] >= 0) & (crit[:, None] != crit[None, :]))
         if rows.size == 0:
             return []
-        src, cur = crit[rows], crit[cols]
+        start, cur = crit[rows], crit[cols]
         seq = [cur]
-        while (cur != src).any():  # walk all paths back at once, one node per iteration
-            cur = np.where(cur != src, pred[rows, cur], cur)
+        while (cur != start).any():  # walk all paths back at once, one node per iteration
+            cur = np.where(cur != start, pred[rows, cur], cur)
             seq.append(cur)
         seq = np.stack(seq[::-1], 1)  # [P, L+1] node sequences, left-padded by repeating the source
         u, v = seq[:, :-1], seq[:, 1:]
         real = u != v
         edges = np.full(u.shape, -1, dtype=np.int64)
-        edges[real] = rep[np.searchsorted(rep_pair, u[real] * n + v[real])]
+        edges[real] = self._best_edges(u[real], v[real])
         return [row[row >= 0] for row in edges]
+
+    def _best_edges(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """For each pair, the highest-reward alive edge u -> v (any action; ties: lowest id), or -1."""
+        csr = self._csr()
+        counts = csr.eptr[u + 1] - csr.eptr[u]
+        cand = csr.order[_ranges(csr.eptr[u], counts)]
+        which = np.repeat(np.arange(len(u)), counts)
+        keep = self.edge_dst[cand] == v[which]
+        cand, which = cand[keep], which[keep]
+        sort = np.lexsort((cand, -self.edge_reward[cand], which))
+        first = sort[np.r_[True, which[sort][1:] != which[sort][:-1]]] if sort.size else sort
+        out = np.full(len(u), -1, dtype=np.int64)
+        out[which[first]] = cand[first]
+        return out
 
     # ------------------------------------------------------------------ backups
     def _backup(self, edges: np.ndarray, values: np.ndarray, gamma: float, eta: float,
