@@ -16,7 +16,7 @@ def test_layers_override_in_order(tmp_path):
     assert cfg.total_steps == 1234  # file beats preset
     assert cfg.agent.lr == pytest.approx(1e-4)  # --set beats file
     assert cfg.agent.batch_size == 16
-    assert cfg.agent.gradient_steps == 128  # from the classic preset
+    assert cfg.agent.n_step == 3  # from the classic preset
     assert cfg.agent.gamma == pytest.approx(0.9)
     assert cfg.seed == 7
     assert cfg.env_options == {"frame_skip": 2, "noop_max": 5}

@@ -5,6 +5,8 @@ import contextlib
 import io
 import json
 
+import tempfile
+
 import pytest
 import yaml
 
@@ -180,7 +182,9 @@ def test_folder_names_and_override_precedence(tmp_path):
 @pytest.mark.slow
 def test_ray_local_runs_one_task_per_run(tmp_path_factory, monkeypatch):
     pytest.importorskip("ray")
-    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path_factory.mktemp("ray")))  # Ray's sockets and logs stay here
+    # Ray's sockets and logs go to a short folder of their own: AF_UNIX socket paths are capped at 107 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
     tmp_path = tmp_path_factory.mktemp("raysweep")
     out = tmp_path / "runs"
     code, stdout, _ = sweep(write_sweep(tmp_path, grid={"lr": [1e-3]}), "--out", out, "--ray", "local",

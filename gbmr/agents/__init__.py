@@ -10,6 +10,13 @@ from gbmr.errors import unknown_choice
 # algo name -> "module:class"
 ALGORITHMS: dict[str, str] = {
     "dqn": "gbmr.agents.dqn:DQNAgent",
+    "mfec": "gbmr.agents.mfec:MFECAgent",
+    "nec": "gbmr.agents.nec:NECAgent",
+    "qlearning": "gbmr.agents.qlearning:QLearningAgent",
+    "gq": "gbmr.agents.gq:GQAgent",
+    "gbmr": "gbmr.agents.gbmr:GBMRAgent",
+    "gcmr": "gbmr.agents.gbmr:GCMRAgent",
+    "gbmr-sweep": "gbmr.agents.gbmr:GBMRSweepAgent",
 }
 
 

@@ -1,0 +1,176 @@
+"""GQ: Q-learning on a memory graph (GBMR paper, GBMR.md "GQ"): graph write + kernel read, no reconstruction.
+
+Each environment's steps are collected until its episode ends (the reference writes at episode end); then
+every step's N-step return is computed, bootstrapping from the graph's own read V(s) = max_a Q(s, a), and the
+episode is merged into the graph (``MemoryGraph.write_episode``). Acting reads the graph once per vector step
+for all actions (the ``joint`` layout) and is epsilon-greedy with random ties. Keys are the encoder's
+embeddings, computed once when a step is observed; the collector holds embeddings, not observations, so a
+long Atari episode costs d floats per step. Evaluation (``explore=False``) reads only: memory, counters and
+the training RNG stay untouched.
+
+Encoders: ``identity`` (tabular mazes), ``random_projection`` (default). A ``learned`` encoder needs the
+NEC-style training loop, which GQ does not have yet: it is refused rather than silently left untrained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from gbmr.agents.base import Agent
+from gbmr.agents.dqn import linear_schedule
+from gbmr.agents.qlearning import argmax_random_ties
+from gbmr.errors import GbmrError
+from gbmr.experiment.seeding import derive_seed
+from gbmr.experiment.state import rng_state, set_rng_state, to_numpy, to_saveable
+from gbmr.memory.episodes import Episode, EpisodeCollector, n_step_returns
+from gbmr.memory.graph import MISSING, MemoryGraph
+from gbmr.nets.encoders import make_encoder
+
+ENCODER_STREAM, EVAL_STREAM = 1, 2  # derived seeds: the projection matrix and evaluation's tie-breaking
+
+
+@dataclass
+class GQConfig:
+    encoder: str = "random_projection"  # random_projection | identity (learned: not yet)
+    embed_dim: int = 64  # ignored by identity (its dim is the observation size)
+    layout: str = "joint"  # joint | per_action (GBMR.md "The memory graph")
+    capacity: int = 500_000  # nodes per table
+    edge_capacity: int = 0  # 0 = 4 x nodes
+    k: int = 50  # neighbours of the kernel read
+    delta: float = 1e-3  # kernel w = 1 / (d^2 + delta)
+    dist_th: float = 1.0  # merge a step into a node closer than this (Euclidean)
+    eta: float = 0.1  # edge update rate w += eta (R - w), also the backup rate of reconstructions
+    gamma: float = 0.99
+    n_step: int = 100  # 0 = Monte-Carlo
+    node_value: str = "mean"  # Q(u, a) from u's out-edges labelled a: visit-weighted mean | max
+    missing: str = "zero"  # a neighbour without an out-edge labelled a: contributes 0 (reference) | skip
+    eps_start: float = 0.1
+    eps_end: float = 0.1
+    eps_fraction: float = 0.1  # fraction of the run over which epsilon goes from start to end
+
+
+class GQAgent(Agent):
+    Config = GQConfig
+    metric_names = ("nodes", "edges", "epsilon")
+
+    @classmethod
+    def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise GbmrError(f"{cls.__name__} needs a Discrete action space, got {action_space}")
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise GbmrError(f"{cls.__name__} needs a Box observation space, got {observation_space}")
+
+    def __init__(self, config: GQConfig, observation_space, action_space, num_envs, device, seed, total_steps):
+        super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
+        if config.missing not in MISSING:
+            raise GbmrError(f"missing must be one of {MISSING}, got '{config.missing}'")
+        self.num_actions = int(action_space.n)
+        self.encoder = make_encoder(config.encoder, observation_space, config.embed_dim,
+                                    seed=derive_seed(seed, ENCODER_STREAM)).to(device)
+        if self.encoder.trainable:
+            raise GbmrError(f"encoder '{config.encoder}' needs training, which the graph agents do not do yet; "
+                            "use random_projection or identity")
+        self.graph = MemoryGraph(self.encoder.dim, config.capacity, self.num_actions, config.layout,
+                                 config.edge_capacity or None, config.dist_th, config.eta, config.node_value)
+        self.collector = EpisodeCollector(num_envs)
+        self.eval_rng = np.random.default_rng(derive_seed(seed, EVAL_STREAM))
+        self.epsilon = config.eps_start
+        self.episode_steps = np.zeros(num_envs, dtype=np.int64)  # steps of each env's current episode
+        self._metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ reading
+    @torch.no_grad()
+    def embed(self, obs: np.ndarray) -> np.ndarray:
+        """Encoder keys [B, dim] float32 of a batch of observations."""
+        return self.encoder(torch.as_tensor(np.asarray(obs), device=self.device)).cpu().numpy()
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        """Q(s, a) for a batch of observations: one kernel read of the graph."""
+        return self.read_keys(self.embed(obs))
+
+    def read_keys(self, keys: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        return self.graph.read(keys, cfg.k, cfg.delta, cfg.missing).q
+
+    # ------------------------------------------------------------------ acting
+    def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
+        q = self.q_values(obs)
+        if not explore:
+            return argmax_random_ties(q, self.eval_rng)
+        random_mask = self.explore_mask()
+        random_actions = self.rng.integers(self.num_actions, size=self.num_envs)
+        return np.where(random_mask, random_actions, argmax_random_ties(q, self.rng))
+
+    def explore_mask(self) -> np.ndarray:
+        """Which environments act at random this step (epsilon-greedy; GBMR adds its exploration trick)."""
+        return self.rng.random(self.num_envs) < self.epsilon
+
+    # ------------------------------------------------------------------ learning
+    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        done = np.asarray(terminated) | np.asarray(truncated)
+        final = np.zeros((self.num_envs, self.encoder.dim), dtype=np.float32)
+        if done.any():
+            final[done] = self.embed(np.asarray(next_obs)[done])
+        episodes = self.collector.add(self.embed(obs), actions, rewards, terminated, truncated, final)
+        self.steps += self.num_envs
+        self.episode_steps = np.where(done, 0, self.episode_steps + 1)
+        cfg = self.config
+        self.epsilon = linear_schedule(cfg.eps_start, cfg.eps_end, cfg.eps_fraction * self.total_steps, self.steps)
+        for episode in episodes:
+            self.after_write(episode, self.write(episode))
+        if episodes:
+            self.after_episodes()
+            self._metrics.update(nodes=self.graph.num_nodes, edges=self.graph.num_edges, epsilon=self.epsilon)
+
+    def write(self, episode: Episode) -> np.ndarray:
+        """Merge an ended episode into the graph with its N-step returns; returns its node ids."""
+        cfg = self.config
+        T, n = len(episode.actions), cfg.n_step
+        # next_values[i] = V(state after step i); only the ones a bootstrap uses are read
+        needed = np.arange(n - 1, T - 1) if 0 < n < T else np.zeros(0, dtype=np.int64)
+        if not episode.terminated:
+            needed = np.append(needed, T - 1)
+        next_values = np.zeros(T)
+        if needed.size:
+            next_keys = np.concatenate([episode.obs[1:], episode.final_obs[None]])
+            next_values[needed] = self.read_keys(next_keys[needed]).max(axis=1)
+        returns = n_step_returns(episode.rewards, next_values, n, cfg.gamma, episode.terminated)
+        return self.graph.write_episode(episode.obs, episode.actions, episode.rewards, returns,
+                                        episode.terminated)
+
+    def after_write(self, episode: Episode, nodes: np.ndarray) -> None:
+        """Hook: an episode was just written as `nodes` (GBMR keeps its expert episodes here)."""
+
+    def after_episodes(self) -> None:
+        """Hook: the episodes that ended in this vector step are written (GBMR reconstructs here)."""
+
+    def update(self) -> dict[str, float]:
+        out, self._metrics = self._metrics, {}
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "encoder": self.encoder.state_dict(),
+            "graph": self.graph.state_dict(),
+            "collector": self.collector.state_dict(),
+            "rng": rng_state(self.rng),
+            "eval_rng": rng_state(self.eval_rng),
+            "counters": {"steps": self.steps, "epsilon": self.epsilon,
+                         "episode_steps": to_saveable(self.episode_steps)},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.graph.load_state_dict(state["graph"])
+        self.collector.load_state_dict(state["collector"])
+        set_rng_state(self.rng, state["rng"])
+        set_rng_state(self.eval_rng, state["eval_rng"])
+        counters = state["counters"]
+        self.steps, self.epsilon = int(counters["steps"]), float(counters["epsilon"])
+        self.episode_steps = to_numpy(counters["episode_steps"]).copy()
