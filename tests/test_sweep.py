@@ -4,7 +4,6 @@ resumes an interrupted run, feeds `gbmr compare`, runs on Ray, and rejects bad s
 import contextlib
 import io
 import json
-
 import tempfile
 
 import pytest
