@@ -3,7 +3,7 @@
 - ``mlp`` for vectors (and small flattened grids),
 - ``nature_cnn`` for 84x84 Atari frame stacks (Mnih et al. 2015),
 - ``minatar_cnn`` for MinAtar's 10x10xC grids (Young & Tian 2019: one 3x3 conv with 16 channels).
-Image inputs stored as uint8 are scaled to [0, 1] inside the net, so buffers can keep uint8.
+Inputs stored as uint8 are scaled to [0, 1] inside the net (by the space's upper bound), so buffers keep uint8.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ TORSOS = ("auto", "mlp", "nature_cnn", "minatar_cnn")
 
 
 class Scale(nn.Module):
-    """Cast to float and scale uint8 pixels to [0, 1]."""
+    """Cast to float and scale uint8 inputs to [0, 1]."""
 
     def __init__(self, scale: float) -> None:
         super().__init__()
@@ -71,15 +71,19 @@ def make_torso(kind: str, observation_space: gym.Space, hidden: Sequence[int] = 
     if kind not in TORSOS:
         raise unknown_choice("torso", kind, TORSOS)
     kind = pick_torso(shape) if kind == "auto" else kind
-    scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else 1.0
+    # uint8 inputs are scaled by their bound: Atari pixels by 1/255, MinAtar's 0/1 planes stay as they are
+    scale = 1.0 / float(np.max(observation_space.high)) if observation_space.dtype == np.uint8 else 1.0
+    # Scale and Flatten only where needed: each module call costs ~10 us, a lot per step for a small MLP.
+    prefix: list[nn.Module] = [Scale(scale)] if observation_space.dtype != np.float32 else []
     if kind == "mlp":
         in_dim = int(np.prod(shape))
-        body = nn.Sequential(Scale(scale), nn.Flatten(), mlp(in_dim, hidden))
+        flatten = [nn.Flatten()] if len(shape) > 1 else []
+        body = nn.Sequential(*prefix, *flatten, *mlp(in_dim, hidden))
         return body, hidden[-1] if hidden else in_dim
     if len(shape) != 3:
         raise GbmrError(f"torso '{kind}' needs (channels, height, width) observations, got shape {shape}")
     conv = nature_cnn(shape[0]) if kind == "nature_cnn" else minatar_cnn(shape[0])
     with torch.no_grad():
         conv_out = conv(torch.zeros(1, *shape)).shape[1]
-    body = nn.Sequential(Scale(scale), conv, mlp(conv_out, hidden))
+    body = nn.Sequential(*prefix, *conv, *mlp(conv_out, hidden))
     return body, hidden[-1] if hidden else conv_out
