@@ -30,6 +30,19 @@ def train(run_dir, *extra):
     assert main(["train", *SMALL, "--run-dir", str(run_dir), *extra]) == 0
 
 
+@pytest.mark.parametrize("env_id", ["MinAtar/Breakout-v1", "ALE/Pong-v5", "GridMaze-S7-v0", "GridMaze-Paper-v0"])
+def test_dqn_runs_on_every_family(tmp_path, env_id):
+    """The CNN and MLP torsos fit each family's observations; a short run trains and evaluates."""
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "dqn", "--env", env_id, "--total-steps", "300", "--no-progress",
+                 "--set", "learning_starts=100", "--set", "buffer_size=1000", "--set", "eval_episodes=1",
+                 "--set", "eval_every=300",
+                 "--run-dir", str(run)]) == 0
+    rows = read_rows(run / "metrics.csv")
+    assert rows[0][:4] == ["step", "episode", "return", "length"]
+    assert len(read_rows(run / "eval.csv")) == 2
+
+
 def test_run_folder_format(tmp_path):
     run = tmp_path / "run"
     train(run)
@@ -53,11 +66,12 @@ def test_same_seed_same_metrics(tmp_path):
     assert read_rows(tmp_path / "a" / "eval.csv") == read_rows(tmp_path / "b" / "eval.csv")
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("num_envs", ["1", "2"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, num_envs):
     reference = tmp_path / "reference"
-    train(reference)
+    train(reference, "--num-envs", num_envs)
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "gbmr", "train", *SMALL, "--run-dir", str(run)]
+    cmd = [sys.executable, "-m", "gbmr", "train", *SMALL, "--num-envs", num_envs, "--run-dir", str(run)]
     for delay in (0.4, 0.7):  # kill twice, at different moments after a checkpoint exists
         proc = subprocess.Popen(cmd if not (run / "config.yaml").exists() else
                                 [sys.executable, "-m", "gbmr", "train", "--resume", str(run), "--no-progress"])
