@@ -153,7 +153,7 @@ class ReplayBuffer:
         self.rng = np.random.default_rng(seed)
 
         self.obs = np.zeros((capacity, *self.obs_shape), dtype=obs_dtype)
-        self.next_obs = np.zeros_like(self.obs)
+        self.next_obs = np.zeros((capacity, *self.obs_shape), dtype=obs_dtype)  # calloc: pages stay lazy
         self.actions = np.zeros((capacity, *action_shape), dtype=action_dtype)
         self.returns = np.zeros(capacity, dtype=np.float32)
         self.discounts = np.zeros(capacity, dtype=np.float32)
