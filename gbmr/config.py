@@ -34,7 +34,7 @@ class RunConfig:
     device: str = "auto"  # "auto" = cuda when present, else cpu
     torch_threads: int = 1  # CPU threads for torch: 1 is fastest for small nets and when runs share a machine
     eval_every: int = 10_000  # env steps between greedy evaluations (0 = only at the end)
-    eval_episodes: int = 10
+    eval_episodes: int = 10  # 0 = no evaluation
     checkpoint_every: int = 10_000  # env steps between checkpoints (a final one is always written)
     preset: str = "default"
     env_options: dict[str, Any] = field(default_factory=dict)

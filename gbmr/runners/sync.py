@@ -122,7 +122,7 @@ class SyncRunner:
                     self.obs = self._reset(done, self.obs)
                     if self.recent_returns:
                         bar.set_postfix(ret=f"{np.mean(self.recent_returns):.1f}", refresh=False)
-                if self.step >= next_eval or self.step >= cfg.total_steps:
+                if cfg.eval_episodes > 0 and (self.step >= next_eval or self.step >= cfg.total_steps):
                     self._evaluate(evals, writer)
                     next_eval = _next_multiple(self.step, cfg.eval_every)
                 if self.step >= next_checkpoint or self.step >= cfg.total_steps:
