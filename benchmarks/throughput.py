@@ -4,7 +4,8 @@ Both use SB3's DQN defaults (lr 1e-4, buffer 1M, learning_starts 100, batch 32, 
 step, target update every 10k steps, epsilon 1 -> 0.05 over 10% of the run, Huber loss, grad-norm 10,
 MLP [64, 64], vanilla (not Double) targets) on the same environment, one torch thread each. The two alternate
 ``--repeats`` times and the best of each is kept, so load from other processes hits both alike.
-Both clocks cover making the env and the agent and training (ours also its final checkpoint). Prints env-steps/s for both and the ratio.
+Both clocks cover making the env and the agent and training (ours also its final checkpoint).
+Prints env-steps/s for both and the ratio.
 
     python benchmarks/throughput.py [--steps 20000] [--repeats 2] [--envs CartPole-v1 MinAtar/Breakout-v1]
 """

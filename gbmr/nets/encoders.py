@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from gbmr.errors import GbmrError, unknown_choice
-from gbmr.nets.torsos import make_torso
+from gbmr.nets.torsos import input_scale, make_torso
 
 ENCODERS = ("random_projection", "learned", "identity")
 
@@ -85,8 +85,7 @@ def make_encoder(
     if dim <= 0:
         raise GbmrError(f"encoder dim must be positive, got {dim}")
     if kind == "random_projection":
-        scale = 1.0 / 255.0 if observation_space.dtype == np.uint8 else 1.0
-        return RandomProjection(in_dim, dim, seed, scale)
+        return RandomProjection(in_dim, dim, seed, input_scale(observation_space))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return LearnedEncoder(observation_space, dim, tuple(hidden), torso)

@@ -52,6 +52,13 @@ def minatar_cnn(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(channels, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
 
 
+def input_scale(observation_space: gym.spaces.Box) -> float:
+    """uint8 inputs are scaled by their bound: Atari pixels by 1/255, MinAtar's 0/1 planes stay as they are."""
+    if observation_space.dtype == np.uint8:
+        return 1.0 / float(np.max(observation_space.high))
+    return 1.0
+
+
 def pick_torso(shape: tuple[int, ...]) -> str:
     if len(shape) == 3 and shape[1] >= 36 and shape[2] >= 36:
         return "nature_cnn"
@@ -71,8 +78,7 @@ def make_torso(kind: str, observation_space: gym.Space, hidden: Sequence[int] = 
     if kind not in TORSOS:
         raise unknown_choice("torso", kind, TORSOS)
     kind = pick_torso(shape) if kind == "auto" else kind
-    # uint8 inputs are scaled by their bound: Atari pixels by 1/255, MinAtar's 0/1 planes stay as they are
-    scale = 1.0 / float(np.max(observation_space.high)) if observation_space.dtype == np.uint8 else 1.0
+    scale = input_scale(observation_space)
     # Scale and Flatten only where needed: each module call costs ~10 us, a lot per step for a small MLP.
     prefix: list[nn.Module] = [Scale(scale)] if observation_space.dtype != np.float32 else []
     if kind == "mlp":
