@@ -2,7 +2,8 @@
 
 import torch
 
-from gbmr.agents.dqn import linear_schedule, q_targets
+from gbmr.agents.acting import linear_schedule
+from gbmr.agents.dqn import q_targets
 
 
 def test_double_dqn_targets():

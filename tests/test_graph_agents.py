@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
+from gbmr.agents.acting import argmax_random_ties
 from gbmr.agents.gbmr import GBMRAgent, GBMRConfig
 from gbmr.agents.gq import GQAgent, GQConfig
-from gbmr.agents.qlearning import QLearningAgent, QLearningConfig, argmax_random_ties
+from gbmr.agents.qlearning import QLearningAgent, QLearningConfig
 from gbmr.cli import main
 from gbmr.envs import make_env
 

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from gbmr.agents.acting import linear_schedule, require_discrete
 from gbmr.agents.base import Agent
-from gbmr.errors import GbmrError, unknown_choice
+from gbmr.errors import unknown_choice
 from gbmr.experiment.seeding import derive_seed
 from gbmr.experiment.state import rng_state, set_rng_state
 from gbmr.memory.replay import PrioritizedReplayBuffer, ReplayBuffer
@@ -66,22 +67,13 @@ def q_targets(
     return returns + discounts * next_q_target.gather(1, best).squeeze(1)
 
 
-def linear_schedule(start: float, end: float, duration: float, t: float) -> float:
-    if t >= duration:
-        return end
-    return start + (end - start) * t / duration
-
-
 class DQNAgent(Agent):
     Config = DQNConfig
     metric_names = ("loss", "q_mean", "epsilon")
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise GbmrError(f"dqn needs a Discrete action space, got {action_space}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise GbmrError(f"dqn needs a Box observation space, got {observation_space}")
+        require_discrete("dqn", observation_space, action_space)
 
     def __init__(self, config: DQNConfig, observation_space, action_space, num_envs, device, seed, total_steps):
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)

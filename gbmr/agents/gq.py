@@ -21,9 +21,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from gbmr.agents.acting import argmax_random_ties, linear_schedule, require_discrete
 from gbmr.agents.base import Agent
-from gbmr.agents.dqn import linear_schedule
-from gbmr.agents.qlearning import argmax_random_ties
 from gbmr.errors import GbmrError
 from gbmr.experiment.seeding import derive_seed
 from gbmr.experiment.state import rng_state, set_rng_state, to_numpy, to_saveable
@@ -60,10 +59,7 @@ class GQAgent(Agent):
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise GbmrError(f"{cls.__name__} needs a Discrete action space, got {action_space}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise GbmrError(f"{cls.__name__} needs a Box observation space, got {observation_space}")
+        require_discrete(cls.__name__, observation_space, action_space)
 
     def __init__(self, config: GQConfig, observation_space, action_space, num_envs, device, seed, total_steps):
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)

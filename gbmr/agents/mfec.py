@@ -21,9 +21,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from gbmr.agents.acting import argmax_random_ties, epsilon_greedy, linear_schedule, require_discrete
 from gbmr.agents.base import Agent
-from gbmr.agents.dqn import linear_schedule
-from gbmr.errors import GbmrError
 from gbmr.experiment.seeding import derive_seed
 from gbmr.experiment.state import rng_state, set_rng_state
 from gbmr.memory.dnd import EpisodicTable
@@ -47,12 +46,6 @@ class MFECConfig:
     eps_fraction: float = 0.1  # fraction of the run over which epsilon decays linearly
 
 
-def argmax_random_ties(q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Row-wise argmax of ``q`` ``[B, A]``, choosing uniformly among tied maxima."""
-    ties = q >= q.max(axis=1, keepdims=True)
-    return np.argmax(ties * rng.random(q.shape), axis=1)
-
-
 def _no_touch(slots: np.ndarray) -> None:
     return None
 
@@ -69,28 +62,13 @@ def untouched(tables: Sequence[Any]) -> Iterator[None]:
             del table._touch
 
 
-def epsilon_greedy(q_fn: Any, obs: np.ndarray, epsilon: float, num_actions: int,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Random actions with probability ``epsilon``; greedy on ``q_fn(obs)`` otherwise (computed only if
-    some environment acts greedily, so a fully random step costs no lookup)."""
-    n = len(obs)
-    random_mask = rng.random(n) < epsilon
-    actions = rng.integers(num_actions, size=n)
-    if not random_mask.all():
-        actions = np.where(random_mask, actions, argmax_random_ties(q_fn(obs), rng))
-    return actions
-
-
 class MFECAgent(Agent):
     Config = MFECConfig
     metric_names = ("epsilon", "memory")
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise GbmrError(f"mfec needs a Discrete action space, got {action_space}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise GbmrError(f"mfec needs a Box observation space, got {observation_space}")
+        require_discrete("mfec", observation_space, action_space)
 
     def __init__(self, config: MFECConfig, observation_space, action_space, num_envs, device, seed, total_steps):
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)

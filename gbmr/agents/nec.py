@@ -22,9 +22,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from gbmr.agents.acting import argmax_random_ties, epsilon_greedy, linear_schedule, require_discrete
 from gbmr.agents.base import Agent
-from gbmr.agents.dqn import linear_schedule
-from gbmr.agents.mfec import ENCODER_STREAM, argmax_random_ties, epsilon_greedy, untouched
+from gbmr.agents.mfec import ENCODER_STREAM, untouched
 from gbmr.errors import GbmrError
 from gbmr.experiment.seeding import derive_seed
 from gbmr.experiment.state import rng_state, set_rng_state, to_numpy, to_saveable
@@ -103,10 +103,7 @@ class NECAgent(Agent):
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise GbmrError(f"nec needs a Discrete action space, got {action_space}")
-        if not isinstance(observation_space, gym.spaces.Box):
-            raise GbmrError(f"nec needs a Box observation space, got {observation_space}")
+        require_discrete("nec", observation_space, action_space)
 
     def __init__(self, config: NECConfig, observation_space, action_space, num_envs, device, seed, total_steps):
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
+from gbmr.agents.acting import argmax_random_ties
 from gbmr.agents.base import Agent
 from gbmr.errors import GbmrError
 from gbmr.experiment.seeding import derive_seed
@@ -28,12 +29,6 @@ class QLearningConfig:
     gamma: float = 0.9
     epsilon: float = 0.03  # the paper's "greedy with probability 0.97"
     q_init: float = 0.0
-
-
-def argmax_random_ties(q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Row-wise argmax of q [B, A], a uniformly random one among equal maxima."""
-    best = q >= q.max(axis=1, keepdims=True)
-    return np.argmax(rng.random(q.shape) * best, axis=1)
 
 
 def epsilon_greedy(q: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
