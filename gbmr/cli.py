@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gbmr.sweep_cli import add_sweep_parser
 
     add_sweep_parser(sub)
+    from gbmr.inspect_cli import add_inspect_parser
+
+    add_inspect_parser(sub)
     return parser
 
 

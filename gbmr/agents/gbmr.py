@@ -66,6 +66,9 @@ class GBMRAgent(GQAgent):
         self.experts: list[tuple[np.ndarray, np.ndarray, float, int]] = []
         self.last_reconstruct = 0
         self.reconstructions = 0
+        # what the last reconstruction used, kept for `gbmr inspect`: critical node ids and paths (edge ids)
+        self.last_critical = np.zeros(0, dtype=np.int64)
+        self.last_paths: list[np.ndarray] = []
 
     def explore_mask(self) -> np.ndarray:
         mask = super().explore_mask()
@@ -108,13 +111,15 @@ class GBMRAgent(GQAgent):
         if cfg.sweeps > 0:
             self.graph.sweep(cfg.gamma, cfg.eta, cfg.sweeps, cfg.reference_backup)
         self.reconstructions += 1
+        self.last_critical, self.last_paths = critical, paths
         return {"critical": float(critical.size), "paths": float(len(paths))}
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["experts"] = [to_saveable({"nodes": n, "rewards": r, "return": ret, "length": length})
                             for n, r, ret, length in self.experts]
-        state["reconstruction"] = {"last": self.last_reconstruct, "count": self.reconstructions}
+        state["reconstruction"] = to_saveable({"last": self.last_reconstruct, "count": self.reconstructions,
+                                               "critical": self.last_critical, "paths": self.last_paths})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -123,6 +128,8 @@ class GBMRAgent(GQAgent):
                         for e in to_numpy(state["experts"])]
         self.last_reconstruct = int(state["reconstruction"]["last"])
         self.reconstructions = int(state["reconstruction"]["count"])
+        self.last_critical = to_numpy(state["reconstruction"]["critical"]).copy()
+        self.last_paths = [p.copy() for p in to_numpy(state["reconstruction"]["paths"])]
 
 
 class GCMRAgent(GBMRAgent):
