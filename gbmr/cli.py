@@ -7,8 +7,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gbmr.errors import GbmrError
+
+if TYPE_CHECKING:
+    from gbmr.config import RunConfig
 
 EXAMPLES = """examples:
   gbmr train --algo dqn --env CartPole-v1 --total-steps 50000 --seed 1
@@ -105,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_config(args: argparse.Namespace):
+def make_config(args: argparse.Namespace) -> RunConfig:
     from gbmr.agents import agent_class
     from gbmr.config import build_config
     from gbmr.envs import env_family
