@@ -13,17 +13,17 @@
    (default 1.0) x the median nearest-neighbour distance of the distinct real embeddings (~1 here: about
    the merge threshold, so copies sit as far apart as a real graph's nodes). Consecutive copies are joined
    by the real edges (action, reward, discounted return; episode ends go to the terminal sentinel).
-3. **Per step.** Three nearest-node searches behind the same GQ/GBMR agent code: the graph's built-in
-   brute force (``MemoryGraph._nearest``, what the agents use today), ``ExactIndex`` and ``HNSWIndex``
-   (M 16, ef_construction 100, ef_search 128) plugged in as the graph's search (benchmark-local: the
-   instance's ``_nearest`` is replaced and every written node is re-added to the index). *Lookup* = one
-   joint k-NN query (k = 50) + the node-Q read of the 50 neighbours + the kernel, i.e. the read of every
-   action of one step (``agent.q_values`` of one observation). *Write* = the real episodes written into
-   the full memory one after another (``agent.write``: N-step bootstrap reads, merge-or-insert with its
-   own k-NN candidate search and LRU eviction, edge updates) plus the rebuild of the read-side CSR view
-   that the next lookup pays, divided by the steps written. The graph is restored to the filled state
-   before each variant.
-4. **Recall@50** of HNSW against exact search, queries = real per-step embeddings; ef_search sweep.
+3. **Per step.** The graph's own nearest-node index behind the same GQ/GBMR agent code (``MemoryGraph(index=...)``):
+   ``exact`` (torch brute force, the default), ``hnsw`` (M 16, ef_construction 100, ef_search 128) re-indexing
+   every moved node, and ``hnsw`` with ``index_tolerance`` (a merged node is re-indexed only once its key moved
+   more than that fraction of dist_th). *Lookup* = one joint k-NN query (k = 50) + exact re-rank + the node-Q
+   read of the 50 neighbours + the kernel, i.e. the read of every action of one step (``agent.q_values`` of
+   one observation). *Write* = the real episodes written into the full memory one after another
+   (``agent.write``: N-step bootstrap reads, merge-or-insert with its own k-NN candidate search and LRU
+   eviction, edge updates, index updates) divided by the steps written. Each variant starts from the filled
+   state (the HNSW graph is built once, then restored from its saved state).
+4. **Recall@50** of the HNSW graph's reads (the 50 nodes a read uses) against the exact graph's, queries = real
+   per-step embeddings; ef_search sweep.
 5. **End to end.** ``start_run`` on MinAtar Breakout for ``--e2e-steps`` steps each, eval off: DQN (minatar
    preset), GBMR with its minatar preset (5e4 nodes, dist_th 0.5) and GBMR with the paper preset (5e5 nodes).
    Short runs: GBMR reconstructs every 1000 steps (presets: 5000 / 10000) and DQN learns from step 500
@@ -54,11 +54,11 @@ from gbmr.experiment.run_dir import RunDir
 from gbmr.experiment.train import build_agent, start_run
 from gbmr.memory.episodes import Episode, n_step_returns
 from gbmr.memory.graph import MemoryGraph
-from gbmr.memory.knn import ExactIndex, HNSWIndex, KeyIndex
 
 ENV = "MinAtar/Breakout-v1"
 K = 50
 HNSW = dict(M=16, ef_construction=100, ef_search=128)
+TOLERANCE = 0.25  # index_tolerance of the third variant
 
 
 @dataclass
@@ -130,39 +130,6 @@ def fill(graph: MemoryGraph, real: RealRun, jitter: float, gamma: float, seed: i
     return float(sigma)
 
 
-def index_of(graph: MemoryGraph, index: KeyIndex) -> KeyIndex:
-    """`index` holding the graph's alive node keys in slots = node ids (joint layout)."""
-    alive = graph.alive_nodes()
-    index.add(alive, graph.node_keys[alive])
-    return index
-
-
-def plug_index(graph: MemoryGraph, index: KeyIndex) -> None:
-    """Make `index` (holding the graph's nodes, see ``index_of``) the graph's nearest-node search, kept in sync
-    with writes.
-
-    Benchmark-local: replaces the instance's ``_nearest`` (the graph's own swap point) and ``write_episode``.
-    The results keep ``_nearest``'s contract: exact float64 squared distances, ascending, -1 / inf padding."""
-
-    def nearest(queries: np.ndarray, table: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        _, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, graph.capacity))
-        diff = graph.node_keys[ids].astype(np.float64) - queries[:, None, :].astype(np.float64)
-        exact = np.where(ids >= 0, (diff * diff).sum(-1), np.inf)
-        rank = np.argsort(exact, axis=1, kind="stable")
-        return np.take_along_axis(ids, rank, 1), np.take_along_axis(exact, rank, 1)
-
-    write_episode = graph.write_episode
-
-    def write_and_sync(*args, **kwargs) -> np.ndarray:
-        nodes = write_episode(*args, **kwargs)
-        touched = np.unique(nodes[nodes >= 0])  # merged (moved) or inserted; an evicted slot is refilled at once
-        index.add(touched, graph.node_keys[touched])
-        return nodes
-
-    graph._nearest = nearest
-    graph.write_episode = write_and_sync
-
-
 def mean_ms(fn: Callable[[int], object], calls: int, blocks: int = 3) -> float:
     """Milliseconds per call of fn(i): the best of `blocks` blocks of calls / blocks calls each (other
     processes' load only ever adds time), after two warm-up calls."""
@@ -180,25 +147,22 @@ def mean_ms(fn: Callable[[int], object], calls: int, blocks: int = 3) -> float:
 def per_step(agent: GBMRAgent, real: RealRun, queries: np.ndarray, calls: int, write_steps: int) -> dict:
     """Lookup (and its parts) and amortised write of one step, in ms, on the agent's current memory."""
     graph, keys = agent.graph, agent.embed(queries)
-    graph._csr()  # a valid read-side view: steady-state lookups
     ids = graph._nearest(keys, 0, K)[0]
     out = {
         "knn": mean_ms(lambda i: graph._nearest(keys[i % len(keys)][None], 0, K), calls),
         "node_q": mean_ms(lambda i: graph.node_q(ids[i % len(ids)]), calls),
         "lookup": mean_ms(lambda i: agent.q_values(queries[i % len(queries)][None]), calls),
     }
-    written, write_s, csr_s = 0, 0.0, 0.0
+    written, write_s = 0, 0.0
     for episode in real.episodes():
         start = time.perf_counter()
         agent.write(episode)
-        mid = time.perf_counter()
-        graph._csr()
-        write_s, csr_s = write_s + mid - start, csr_s + time.perf_counter() - mid
+        write_s += time.perf_counter() - start
         written += len(episode.actions)
         if written >= write_steps:
             break
-    out.update(write=1e3 * write_s / written, csr=1e3 * csr_s / written, written=written)
-    out["total"] = out["lookup"] + out["write"] + out["csr"]
+    out.update(write=1e3 * write_s / written, written=written)
+    out["total"] = out["lookup"] + out["write"]
     return out
 
 
@@ -251,57 +215,63 @@ def main() -> None:
     print(f"memory: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges = the real steps tiled "
           f"{graph.capacity / len(real.keys):.0f}x, jitter N(0, {sigma:.3f}^2) per dimension "
           f"(norm ~{sigma * np.sqrt(graph.dim):.2f}) ({time.perf_counter() - start:.1f} s)")
+    snapshot = graph.state_dict()
+    config_args = snapshot["config"]
     start = time.perf_counter()
-    hnsw = index_of(graph, HNSWIndex(graph.capacity, graph.dim, add_threads=2, **HNSW))
-    hnsw.add_threads = 1  # writes during the measurement: one thread, as an agent would run
+    hnsw_graph = MemoryGraph(**config_args, index="hnsw", index_options={**HNSW, "add_threads": 2})
+    hnsw_graph.load_state_dict(snapshot)  # a state without an HNSW index: built from the keys
+    hnsw_index = hnsw_graph._indexes[0]
+    hnsw_index.add_threads = 1  # writes during the measurement: one thread, as an agent would run
     build_s = time.perf_counter() - start
+    hnsw_snapshot = hnsw_graph.state_dict()
     print(f"HNSW build ({graph.num_nodes:,} keys, 2 threads): {build_s:.1f} s")
 
     rng = np.random.default_rng(0)
     pick = rng.choice(len(real.keys), min(args.queries, len(real.keys)), replace=False)
     queries, qkeys = real.obs[pick], real.keys[pick]
-    truth, _ = graph._nearest(qkeys, 0, K)
-    print(f"\n**Recall@{K} of HNSW (M {HNSW['M']}, ef_construction {HNSW['ef_construction']}) against exact "
-          f"search, {len(pick)} real embeddings as queries, {graph.num_nodes:,} keys, d={graph.dim}**\n")
-    print("| ef_search | recall@50 | ms / single query |")
+    truth = graph.read(qkeys, K).nodes[:, 0]
+    print(f"\n**Recall@{K} of the HNSW graph's reads (M {HNSW['M']}, ef_construction {HNSW['ef_construction']}) "
+          f"against the exact graph's, {len(pick)} real embeddings as queries, {graph.num_nodes:,} keys, "
+          f"d={graph.dim}**\n")
+    print("| ef_search | recall@50 | ms / single k-NN query (index + exact re-rank) |")
     print("|---:|---:|---:|")
     for ef in (64, 128, 256, 512):
-        hnsw.ef_search = ef
-        got = hnsw.search(qkeys, K)[1]
-        ms = mean_ms(lambda i: hnsw.search(qkeys[i % len(qkeys)][None], K), args.calls)
+        hnsw_index.ef_search = ef
+        got = hnsw_graph.read(qkeys, K).nodes[:, 0]
+        ms = mean_ms(lambda i: hnsw_graph._nearest(qkeys[i % len(qkeys)][None], 0, K), args.calls)
         print(f"| {ef}{' (used)' if ef == HNSW['ef_search'] else ''} | {recall(truth, got):.3f} | {ms:.3f} |",
               flush=True)
-    hnsw.ef_search = HNSW["ef_search"]
+    hnsw_index.ef_search = HNSW["ef_search"]
 
-    snapshot = graph.state_dict()
+    def restore(index: str, tolerance: float) -> MemoryGraph:
+        """A fresh copy of the filled memory with the given index (HNSW: restored from its saved graph)."""
+        options = {**HNSW, "add_threads": 1} if index == "hnsw" else None
+        fresh = MemoryGraph(**config_args, index=index, index_tolerance=tolerance, index_options=options)
+        fresh.load_state_dict(hnsw_snapshot if index == "hnsw" else snapshot)
+        return fresh
+
     rows = []
-    variants: list[tuple[str, Callable[[MemoryGraph], KeyIndex | None]]] = [
-        ("graph built-in brute force (`_nearest`)", lambda g: None),
-        ("ExactIndex (torch brute force)", lambda g: index_of(g, ExactIndex(g.capacity, g.dim))),
-        (f"HNSWIndex (ef_search {HNSW['ef_search']})", lambda g: hnsw),  # built above from this filled state
+    variants = [
+        ("exact (torch brute force)", "exact", 0.0),
+        (f"hnsw (ef_search {HNSW['ef_search']}), tolerance 0", "hnsw", 0.0),
+        (f"hnsw (ef_search {HNSW['ef_search']}), tolerance {TOLERANCE}", "hnsw", TOLERANCE),
     ]
-    for name, make in variants:
-        if rows:  # the previous variant wrote into the memory: start again from the filled state
-            agent.graph = graph = MemoryGraph(**snapshot["config"])
-            graph.load_state_dict(snapshot)
-        index = make(graph)
-        if index is not None:
-            plug_index(graph, index)
+    for name, index, tolerance in variants:
+        agent.graph = restore(index, tolerance)
         rows.append((name, per_step(agent, real, queries, args.calls, args.write_steps)))
         print(f"measured {name}", flush=True)
+        agent.graph = None  # free it before the next copy
 
     print(f"\n**Per agent step at {graph.capacity:,} nodes (joint layout, d={graph.dim}, k={K}, one torch thread), "
           f"ms**\n")
-    print("| nearest-node search | k-NN query | node-Q read | lookup (all actions) | write / step | "
-          "CSR rebuild / step | **total / step** |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| graph index | k-NN query | node-Q read | lookup (all actions) | write / step | **total / step** |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, r in rows:
         print(f"| {name} | {r['knn']:.3f} | {r['node_q']:.3f} | {r['lookup']:.3f} | {r['write']:.3f} | "
-              f"{r['csr']:.3f} | **{r['total']:.3f}** |")
-    print("\nlookup = `agent.q_values` of one observation (encoder + k-NN + node-Q + kernel), "
-          f"best of 3 blocks of {args.calls // 3} calls; "
-          f"write = `agent.write` of real episodes into the full memory ({rows[0][1]['written']} steps); CSR "
-          "rebuild = the read-side view re-sorted after each write (paid by the next lookup).")
+              f"**{r['total']:.3f}** |")
+    print("\nk-NN query = `MemoryGraph._nearest` (index search + exact float64 re-rank); lookup = `agent.q_values` "
+          f"of one observation (encoder + k-NN + node-Q + kernel), best of 3 blocks of {args.calls // 3} calls; "
+          f"write = `agent.write` of real episodes into the full memory ({rows[0][1]['written']} steps).")
 
     if args.e2e_steps > 0:
         steps = args.e2e_steps

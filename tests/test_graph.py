@@ -31,10 +31,9 @@ def check_invariants(g: MemoryGraph) -> None:
     e = g.alive_edges()
     assert len(e) == g.num_edges
     assert g.node_alive[g.edge_src[e]].all() and g.node_alive[g.edge_dst[e]].all()
-    assert len(g._lookup) == len(e)
-    for key, i in g._lookup.items():
-        assert g.edge_alive[i] and g.edge_id(g.edge_src[i], g.edge_dst[i], g.edge_action[i]) == i
-        assert key == g._pack(int(g.edge_src[i]), int(g.edge_dst[i]), int(g.edge_action[i]))
+    assert sorted(g._table[g._table >= 0].tolist()) == e.tolist()  # the lookup table holds the alive edges
+    for i in e.tolist():
+        assert g.edge_id(g.edge_src[i], g.edge_dst[i], g.edge_action[i]) == i
     for head, nxt, end in ((g._out_head, g._out_next, g.edge_src), (g._in_head, g._in_next, g.edge_dst)):
         listed = []
         for v in range(len(head)):
@@ -299,6 +298,96 @@ def test_state_dict_round_trip_gives_identical_reads_and_writes():
     check_invariants(h)
     with pytest.raises(ValueError, match="saved with"):
         MemoryGraph(dim=4, capacity=41, num_actions=3).load_state_dict(g.state_dict())
+
+
+# ---------------------------------------------------------------------------- nearest-node index
+
+HNSW = {"M": 16, "ef_construction": 200, "ef_search": 400}  # on a few hundred nodes: searches are exact
+
+
+def round_trip(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def check_index(g: MemoryGraph) -> None:
+    """Each table's index holds exactly its alive nodes, at most tolerance * dist_th from their true keys."""
+    for t, index in enumerate(g._indexes):
+        lo = t * g.capacity
+        alive = g.node_alive[lo:lo + g.capacity]
+        np.testing.assert_array_equal(index.alive, alive)
+        slots = np.flatnonzero(alive)
+        moved = np.sqrt(((index.get(slots).astype(np.float64) - g.node_keys[slots + lo]) ** 2).sum(1))
+        assert (moved <= g._drift[slots + lo] + 1e-6).all()
+        assert (g._drift[slots + lo] <= g.index_tolerance * g.dist_th).all()
+
+
+def write_random(g: MemoryGraph, seed: int, episodes: int, T: int = 40) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [g.write_episode(*random_episode(rng, T, g.dim, g.num_actions)) for _ in range(episodes)]
+
+
+@pytest.mark.parametrize("layout", ["joint", "per_action"])
+def test_hnsw_index_gives_the_exact_graph(layout):
+    """Same writes and reads as the exact index where HNSW finds the true neighbours (small tables, large ef);
+    10x capacity writes keep every index in sync with its table through evictions."""
+    exact = MemoryGraph(dim=4, capacity=60, num_actions=3, layout=layout, dist_th=0.3)
+    hnsw = MemoryGraph(dim=4, capacity=60, num_actions=3, layout=layout, dist_th=0.3, index="hnsw",
+                       index_options=HNSW)
+    for a, b in zip(write_random(exact, 4, 45), write_random(hnsw, 4, 45), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert exact.num_nodes == hnsw.num_nodes == 60 * exact.num_tables  # full: evictions happened
+    check_invariants(hnsw)
+    check_index(hnsw)
+    queries = np.random.default_rng(5).normal(size=(20, 4))
+    for x, y in zip(exact.read(queries, k=7), hnsw.read(queries, k=7), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_index_tolerance_bounds_the_read_error():
+    """With a tolerance the index holds keys up to tau = tolerance * dist_th old: each returned neighbour is
+    alive, the returned k-th distance is at most 2 tau beyond the true k-th, and most keys are stale."""
+    g = MemoryGraph(dim=3, capacity=80, num_actions=2, dist_th=0.8, index_tolerance=0.5)
+    write_random(g, 6, 40, T=30)
+    check_invariants(g)
+    check_index(g)
+    assert (g._drift[g.alive_nodes()] > 0).sum() > 10  # the tolerance was used
+    queries = (np.random.default_rng(7).normal(size=(50, 3)) * 2).astype(np.float32)  # as the graph reads
+    k, tau = 10, 0.5 * 0.8
+    out = g.read(queries, k=k)
+    alive = g.alive_nodes()
+    true_d = np.sqrt(((g.node_keys[alive][None].astype(np.float64) - queries[:, None].astype(np.float64)) ** 2)
+                     .sum(-1))
+    true_kth = np.sort(true_d, 1)[:, k - 1]
+    got = out.nodes[:, 0]
+    assert g.node_alive[got].all() and all(len(set(row)) == k for row in got.tolist())
+    got_d = np.sqrt(((g.node_keys[got].astype(np.float64) - queries[:, None].astype(np.float64)) ** 2).sum(-1))
+    assert (got_d.max(1) <= true_kth + 2 * tau + 1e-9).all()
+    np.testing.assert_allclose(out.weights[:, 0], 1 / (got_d**2 + 1e-3))  # weights use the true keys
+
+
+@pytest.mark.parametrize("index, tolerance", [("hnsw", 0.0), ("hnsw", 0.3), ("exact", 0.3)])
+def test_state_dict_round_trip_with_the_index(index, tolerance):
+    """The saved index comes back as it was (HNSW graph, lagging keys): identical reads after loading; a graph
+    with another index kind rebuilds its own from the keys."""
+    make = dict(dim=4, capacity=50, num_actions=3, dist_th=0.6, index=index, index_tolerance=tolerance,
+                index_options=HNSW if index == "hnsw" else None)
+    g = MemoryGraph(**make)
+    write_random(g, 8, 12, T=30)
+    h = MemoryGraph(**make)
+    h.load_state_dict(round_trip(g.state_dict()))
+    queries = np.random.default_rng(9).normal(size=(15, 4))
+    for a, b in zip(g.read(queries, k=6), h.read(queries, k=6), strict=True):
+        np.testing.assert_array_equal(a, b)
+    check_index(h)
+    episode = random_episode(np.random.default_rng(10), 30, 4, 3)
+    np.testing.assert_array_equal(g.write_episode(*episode), h.write_episode(*episode))
+    other = MemoryGraph(**{**make, "index": "exact" if index == "hnsw" else "hnsw", "index_tolerance": 0.0})
+    other.load_state_dict(round_trip(h.state_dict()))
+    check_index(other)
+    assert edge_table(other) == edge_table(h)
 
 
 # ---------------------------------------------------------------------------- backups

@@ -1,8 +1,10 @@
 """MemoryGraph: the directed memory graph of GQ / GCMR / GBMR, held as arrays.
 
 Nodes and edges are structs of arrays with fixed capacity, alive masks and free lists, so that writes, reads,
-critical-node scoring, path search and Bellman backups are numpy / scipy / torch operations over whole arrays
-(the seed notes: networkx was "too slow"). Conventions, decided once here:
+critical-node scoring, path search and Bellman backups never go through per-step or per-edge Python (the seed
+notes: networkx was "too slow"). Whole-array work is numpy / scipy; the inherently sequential parts (merge-or-insert,
+edge updates, evictions) and the per-node walks (node values, reads, sweeps) are numba kernels
+(``gbmr.memory.graph_kernels``). Conventions, decided once here:
 
 - **Layout.** ``joint`` (default): one node table; a node is a cluster of states, its out-edges carry any
   action. ``per_action``: one table per action, each with its own ``capacity``; a node lives in the table of
@@ -11,6 +13,16 @@ critical-node scoring, path search and Bellman backups are numpy / scipy / torch
 - **Distances.** Writes use the Euclidean distance d (not squared): merge when ``d < dist_th`` and move the
   key to ``(key + d * h) / (1 + d)`` (GBMR.md). Reads use the squared distance in the kernel
   ``w_i = 1 / (||h - h_i||^2 + delta)``. Exact distances are computed in float64 from the float32 keys.
+- **Search.** Each table has a ``KeyIndex`` (``gbmr.memory.knn``; ``index="exact"``: torch brute force,
+  ``"hnsw"``: hnswlib, ``"auto"``: HNSW from 1e5 nodes) holding its alive node keys, kept in sync by every
+  insert, merge and eviction. The index only proposes candidates; they are re-ranked by their true keys
+  (exact float64). Merged keys drift slowly, and moving a point in HNSW costs about as much as inserting it,
+  so ``index_tolerance`` > 0 re-indexes a merged node only once its key has moved (summed over merges, an
+  upper bound of the true distance) more than ``index_tolerance * dist_th`` since it was last indexed.
+  Consequence: the index ranks by keys at most tau = ``index_tolerance * dist_th`` from the true ones, so a
+  returned k-th neighbour is at most 2 tau farther than the true k-th (exact index), and a write may merge
+  into a node at most 2 tau farther than the nearest. 0 (default) re-indexes every move: reads and writes
+  are then exact with the exact index.
 - **Episode ends.** Two sentinel nodes follow the table nodes: ``terminal_node`` and ``truncated_node``. They
   have no key, are never searched, evicted or chosen as critical nodes, and have no out-edges (so V = 0). The
   last step of an episode gets an edge ``node_{T-1} -> terminal_node`` (or ``truncated_node``) labelled
@@ -19,10 +31,9 @@ critical-node scoring, path search and Bellman backups are numpy / scipy / torch
   written return already holds the bootstrap, which the graph cannot recompute).
 - **Recency.** ``clock`` ticks once per written step; a merge or insert stamps the node and the edge with it.
   LRU eviction takes the smallest (last_used, id). Reads do not touch recency: reading never changes memory.
-- **Edges** are unique per (src, dst, action); a dict keyed by the packed int64 gives O(1) lookup. Per-node
-  doubly linked lists (arrays) of out- and in-edges make evicting a node and all its edges O(degree). The
-  read-side structure is a CSR view: alive edges sorted by (src, action), grouped, rebuilt lazily when the
-  edge *set* changes (weight updates keep it valid).
+- **Edges** are unique per (src, dst, action); an open-addressing hash table over edge ids gives O(1) lookup.
+  Per-node doubly linked lists (arrays) of out- and in-edges make evicting a node and all its edges
+  O(degree), and give each node's out-edges to reads and backups without any sorted view to rebuild.
 - **Node value** Q(u, a): the visit-weighted mean of u's out-edge weights labelled a (``node_value="max"``:
   their max); V(u) = max_a Q(u, a), 0 without out-edges.
 
@@ -32,18 +43,18 @@ episodes) should keep recent ones; ids of nodes no longer alive are ignored wher
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import networkx as nx
 import numpy as np
-import torch
 from scipy import sparse
 from scipy.cluster.vq import kmeans2, vq
 from scipy.sparse import csgraph
 
 from gbmr.errors import unknown_choice
 from gbmr.experiment.state import to_numpy, to_saveable
+from gbmr.memory import graph_kernels as kernels
+from gbmr.memory.knn import HNSWIndex, make_index
 
 LAYOUTS = ("joint", "per_action")
 NODE_VALUES = ("mean", "max")
@@ -51,7 +62,6 @@ MISSING = ("zero", "skip")
 PATH_SCORES = ("shortest", "reward", "diversity")
 
 _CANDIDATES = 32  # nearest old nodes fetched per written step; more are searched only if all were touched
-_SEARCH_CHUNK = 1 << 24  # max query x key distances held at once by the brute-force search
 _PATH_EPS = 1e-3  # per-edge cost added to normalised path costs: equal scores go to fewer edges
 _GNN_WEIGHTS = np.array([1.0, 1.0, 0.5, 0.5])  # value, mean reward, log visits, degree (z-scored)
 
@@ -69,47 +79,24 @@ class GraphRead(NamedTuple):
     weights: np.ndarray  # [B, num_tables, k] kernel weights w_i (0 where absent)
 
 
-class _Csr(NamedTuple):
-    """Alive edges sorted by (src, action); a group is one (src, action) run, a node owns a run of groups."""
-
-    order: np.ndarray  # edge ids in (src, action, id) order
-    gstart: np.ndarray  # first position in `order` of each group
-    gcount: np.ndarray  # edges per group
-    gact: np.ndarray  # action of each group
-    nptr: np.ndarray  # [n_slots + 1]: node u owns groups nptr[u]:nptr[u+1]
-    eptr: np.ndarray  # [n_slots + 1]: node u's out-edges are order[eptr[u]:eptr[u+1]]
-    vnodes: np.ndarray  # nodes owning at least one group, ascending
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, s + c) over (starts, counts), without a Python loop."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.cumsum(counts) - counts
-    return np.repeat(starts - offsets, counts) + np.arange(total)
-
-
-def _segment_q(weights: np.ndarray, visits: np.ndarray, starts: np.ndarray, reduce: str) -> np.ndarray:
-    """Q of each segment (a run of edges with the same src and action): visit-weighted mean or max."""
-    if reduce == "max":
-        return np.maximum.reduceat(weights, starts)
-    visits = visits.astype(np.float64)
-    return np.add.reduceat(weights * visits, starts) / np.add.reduceat(visits, starts)
-
-
 class MemoryGraph:
     """Capacity-bounded directed memory graph with merge-or-insert writes and vectorised backups."""
 
     def __init__(self, dim: int, capacity: int, num_actions: int, layout: str = "joint",
                  edge_capacity: int | None = None, dist_th: float = 1.0, eta: float = 0.1,
-                 node_value: str = "mean"):
+                 node_value: str = "mean", index: str = "exact", index_tolerance: float = 0.0,
+                 index_options: dict[str, Any] | None = None):
+        """``index`` in {"exact", "hnsw", "auto"}, ``index_tolerance`` (fraction of dist_th, see the module
+        notes) and ``index_options`` (HNSWIndex keywords: M, ef_construction, ef_search, add_threads, seed)
+        choose the nearest-node search; they never change what a read or write means."""
         if layout not in LAYOUTS:
             raise unknown_choice("graph layout", layout, LAYOUTS)
         if node_value not in NODE_VALUES:
             raise unknown_choice("node value", node_value, NODE_VALUES)
         if dim <= 0 or capacity <= 0 or num_actions <= 0:
             raise ValueError("dim, capacity and num_actions must be positive")
+        if index_tolerance < 0:
+            raise ValueError(f"index_tolerance must be >= 0, got {index_tolerance}")
         self.dim, self.capacity, self.num_actions = dim, capacity, num_actions
         self.layout, self.node_value = layout, node_value
         self.dist_th, self.eta = float(dist_th), float(eta)
@@ -127,34 +114,39 @@ class MemoryGraph:
         # free stacks, one per table; the top is at [t, num_free - 1] so the lowest ids are used first
         self._node_free = np.arange(n_real, dtype=np.int64).reshape(self.num_tables, capacity)[:, ::-1].copy()
         self._node_num_free = np.full(self.num_tables, capacity, dtype=np.int64)
-        self._out_head = np.full(n, -1, dtype=np.int64)
-        self._in_head = np.full(n, -1, dtype=np.int64)
-        self._sqnorm = np.full(n, np.inf, dtype=np.float32)  # inf marks "not searchable" (dead or sentinel)
+        self._heads = np.full((2, n), -1, dtype=np.int64)
+        self._out_head, self._in_head = self._heads
+        self._drift = np.zeros(n)  # how far each key may have moved since it was indexed (inf: never indexed)
+        self._mark = np.full(n, -1, dtype=np.int64)  # scratch of the write kernel
 
-        self.edge_src = np.zeros(e, dtype=np.int64)
-        self.edge_dst = np.zeros(e, dtype=np.int64)
-        self.edge_action = np.zeros(e, dtype=np.int64)
-        self.edge_reward = np.zeros(e, dtype=np.float64)
-        self.edge_visits = np.zeros(e, dtype=np.int64)
-        self.edge_weight = np.zeros(e, dtype=np.float64)
-        self.edge_last_used = np.zeros(e, dtype=np.int64)
+        self._edge_ints = np.zeros((5, e), dtype=np.int64)
+        self.edge_src, self.edge_dst, self.edge_action, self.edge_visits, self.edge_last_used = self._edge_ints
+        self._edge_floats = np.zeros((2, e))
+        self.edge_reward, self.edge_weight = self._edge_floats
         self.edge_alive = np.zeros(e, dtype=bool)
-        self._out_next = np.full(e, -1, dtype=np.int64)
-        self._out_prev = np.full(e, -1, dtype=np.int64)
-        self._in_next = np.full(e, -1, dtype=np.int64)
-        self._in_prev = np.full(e, -1, dtype=np.int64)
+        self._links = np.full((4, e), -1, dtype=np.int64)
+        self._out_next, self._out_prev, self._in_next, self._in_prev = self._links
         self._edge_free = np.arange(e, dtype=np.int64)[::-1].copy()
-        self._edge_num_free = e
-        self._lookup: dict[int, int] = {}
+        self._edge_nfree = np.array([e], dtype=np.int64)
+        self._table = np.full(kernels.table_size(e), -1, dtype=np.int64)
         self.clock = 0
-        self._edge_version = 0
-        self._csr_cache: tuple[int, _Csr] | None = None
+
+        self._nodes = (self.node_keys, self.node_visits, self.node_last_used, self.node_alive, self._node_free,
+                       self._node_num_free, self._drift, capacity)
+        self._edges = (self._edge_ints, self._edge_floats, self.edge_alive, self._links, self._heads, self._table,
+                       self._edge_free, self._edge_nfree, n, num_actions)
+        self.index_kind, self.index_tolerance = index, float(index_tolerance)
+        self._indexes = [make_index(index, capacity, dim, **(index_options or {})) for _ in range(self.num_tables)]
 
     # ------------------------------------------------------------------ sizes and lookups
     @property
     def num_nodes(self) -> int:
         """Alive table nodes (sentinels not counted)."""
         return int(self.num_tables * self.capacity - self._node_num_free.sum())
+
+    @property
+    def _edge_num_free(self) -> int:
+        return int(self._edge_nfree[0])
 
     @property
     def num_edges(self) -> int:
@@ -167,43 +159,46 @@ class MemoryGraph:
     def alive_edges(self) -> np.ndarray:
         return np.flatnonzero(self.edge_alive)
 
-    def _pack(self, src: Any, dst: Any, action: Any) -> Any:
-        return (src * self._n_slots + dst) * self.num_actions + action
-
     def edge_id(self, src: int, dst: int, action: int) -> int:
         """The edge src -a-> dst, or -1: O(1)."""
-        return self._lookup.get(int(self._pack(int(src), int(dst), int(action))), -1)
+        return int(kernels.find_edge(int(src), int(dst), int(action), self._edges))
 
     # ------------------------------------------------------------------ nearest-node search
     def _nearest(self, queries: np.ndarray, table: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest alive nodes of `table` per query: ids (-1 if fewer) and exact squared distances
-        (float64, inf if absent), ascending. Exact brute force (torch matmul + topk, re-ranked exactly); the
-        one place to swap in a KeyIndex."""
-        lo, hi = table * self.capacity, (table + 1) * self.capacity
-        k = min(k, self.capacity)
-        keys = torch.from_numpy(self.node_keys[lo:hi])
-        sqnorm = torch.from_numpy(self._sqnorm[lo:hi])
-        ids = np.empty((len(queries), k), dtype=np.int64)
-        chunk = max(1, _SEARCH_CHUNK // self.capacity)
-        for s in range(0, len(queries), chunk):
-            q = torch.from_numpy(np.ascontiguousarray(queries[s:s + chunk], dtype=np.float32))
-            rank = torch.addmm(sqnorm, q, keys.T, alpha=-2.0)  # ||k||^2 - 2 q.k: d^2 minus ||q||^2
-            val, idx = torch.topk(rank, k, dim=1, largest=False)
-            ids[s:s + chunk] = np.where(torch.isfinite(val).numpy(), idx.numpy() + lo, -1)
-        diff = self.node_keys[ids].astype(np.float64) - queries[:, None, :].astype(np.float64)
-        exact = np.where(ids >= 0, (diff * diff).sum(-1), np.inf)
-        rank = np.argsort(exact, axis=1, kind="stable")
-        return np.take_along_axis(ids, rank, 1), np.take_along_axis(exact, rank, 1)
+        (float64, inf if absent), ascending: the table's index proposes, the true keys decide the order."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        return kernels.rerank(queries, self._candidates(queries, table, min(k, self.capacity)), self.node_keys)
 
-    def _nearest_exhaustive(self, h64: np.ndarray, table: int) -> tuple[int, float]:
-        """Exact nearest alive node of `table` over all its nodes (the rare fallback of writes)."""
-        lo = table * self.capacity
-        ids = np.flatnonzero(self.node_alive[lo:lo + self.capacity]) + lo
-        if ids.size == 0:
-            return -1, math.inf
-        d2 = ((self.node_keys[ids].astype(np.float64) - h64) ** 2).sum(1)
-        i = int(np.argmin(d2))
-        return int(ids[i]), float(d2[i])
+    def _candidates(self, queries: np.ndarray, table: int, k: int) -> np.ndarray:
+        """Node ids [B, k] proposed by the table's index (-1 pads)."""
+        slots = self._indexes[table].search(queries, k)[1]
+        return np.where(slots >= 0, slots + table * self.capacity, -1)
+
+    def _sync_index(self, nodes: np.ndarray) -> None:
+        """Bring the index up to date for `nodes` whose key or aliveness may have changed: dead ones leave it,
+        alive ones that moved more than the tolerance (or were never indexed) are (re-)indexed."""
+        nodes = np.unique(nodes)
+        limit = self.index_tolerance * self.dist_th
+        for table in np.unique(nodes // self.capacity).tolist():
+            lo = table * self.capacity
+            ids = nodes[(nodes >= lo) & (nodes < lo + self.capacity)]
+            alive = self.node_alive[ids]
+            stale = ids[alive & (self._drift[ids] > limit)]
+            self._indexes[table].remove(ids[~alive] - lo)
+            self._indexes[table].add(stale - lo, self.node_keys[stale])
+            self._drift[stale] = 0.0
+
+    def reindex(self, nodes: np.ndarray | None = None) -> None:
+        """Re-index `nodes` (all alive nodes if None, from an empty index) exactly, whatever the tolerance:
+        after their keys were changed in place, or after loading a state without the index."""
+        if nodes is None:
+            for index in self._indexes:
+                index.clear()
+            nodes = self.alive_nodes()
+        nodes = np.asarray(nodes, dtype=np.int64).ravel()
+        self._drift[nodes] = np.inf
+        self._sync_index(nodes)
 
     # ------------------------------------------------------------------ node and edge bookkeeping
     def _lru_order(self, table: int, count: int) -> np.ndarray:
@@ -217,36 +212,6 @@ class MemoryGraph:
         part = np.argpartition(rank, count - 1)[:count] if count < ids.size else np.arange(ids.size)
         return ids[part[np.argsort(rank[part])]]
 
-    def _evict_node(self, v: int) -> None:
-        """Remove node v and every edge into or out of it; its slot goes back on the free stack."""
-        for head, nxt in ((self._out_head, self._out_next), (self._in_head, self._in_next)):
-            e = int(head[v])
-            while e >= 0:
-                following = int(nxt[e])
-                self._remove_edge(e)
-                e = following
-        self.node_alive[v] = False
-        self._sqnorm[v] = np.inf
-        table = v // self.capacity
-        self._node_free[table, self._node_num_free[table]] = v
-        self._node_num_free[table] += 1
-
-    def _remove_edge(self, e: int) -> None:
-        for end, head, nxt, prv in ((self.edge_src, self._out_head, self._out_next, self._out_prev),
-                                    (self.edge_dst, self._in_head, self._in_next, self._in_prev)):
-            p, n = int(prv[e]), int(nxt[e])
-            if p >= 0:
-                nxt[p] = n
-            else:
-                head[end[e]] = n
-            if n >= 0:
-                prv[n] = p
-        self.edge_alive[e] = False
-        del self._lookup[int(self._pack(self.edge_src[e], self.edge_dst[e], self.edge_action[e]))]
-        self._edge_free[self._edge_num_free] = e
-        self._edge_num_free += 1
-        self._edge_version += 1
-
     def add_nodes(self, keys: np.ndarray, table: int = 0) -> np.ndarray:
         """Insert nodes without merging (building graphs directly: tests, benchmarks, tabular mazes); evicts
         the least recently used nodes of `table` if it lacks room. Returns the new ids."""
@@ -254,17 +219,17 @@ class MemoryGraph:
         n = len(keys)
         if n > self.capacity:
             raise ValueError(f"{n} nodes do not fit a table of capacity {self.capacity}")
-        for v in self._lru_order(table, n - int(self._node_num_free[table])).tolist():
-            self._evict_node(v)
+        kernels.evict_nodes(self._lru_order(table, n - int(self._node_num_free[table])), self._nodes, self._edges)
         nf = int(self._node_num_free[table])
-        ids = self._node_free[table, nf - n:nf][::-1].copy()
+        ids = self._node_free[table, nf - n:nf][::-1].copy()  # the evicted slots are on top: all refilled
         self._node_num_free[table] = nf - n
         self.clock += 1
         self.node_keys[ids] = keys
-        self._sqnorm[ids] = (keys.astype(np.float64) ** 2).sum(1)
         self.node_visits[ids] = 1
         self.node_last_used[ids] = self.clock
         self.node_alive[ids] = True
+        self._drift[ids] = np.inf
+        self._sync_index(ids)
         return ids
 
     def add_transitions(self, src: np.ndarray, dst: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
@@ -289,36 +254,9 @@ class MemoryGraph:
         if n > self._edge_num_free:  # make room: evict the least recently used edges, oldest first
             ids, need = self.alive_edges(), n - self._edge_num_free
             rank = self.edge_last_used[ids] * self.edge_capacity + ids
-            for e in ids[np.argpartition(rank, need - 1)[:need]].tolist():
-                self._remove_edge(e)
-        out = np.empty(n, dtype=np.int64)
-        eta, lookup = self.eta, self._lookup
-        rows = zip(self._pack(src, dst, actions).tolist(), src.tolist(), dst.tolist(), actions.tolist(),
-                   rewards.tolist(), returns.tolist(), clocks.tolist(), strict=True)
-        for i, (key, s, d, a, r, ret, c) in enumerate(rows):
-            e = lookup.get(key, -1)
-            if e < 0:
-                self._edge_num_free -= 1
-                e = int(self._edge_free[self._edge_num_free])
-                lookup[key] = e
-                self.edge_src[e], self.edge_dst[e], self.edge_action[e] = s, d, a
-                self.edge_reward[e], self.edge_weight[e], self.edge_visits[e] = r, ret, 1
-                self.edge_alive[e] = True
-                for end, head, nxt, prv in ((s, self._out_head, self._out_next, self._out_prev),
-                                            (d, self._in_head, self._in_next, self._in_prev)):
-                    first = int(head[end])
-                    nxt[e], prv[e], head[end] = first, -1, e
-                    if first >= 0:
-                        prv[first] = e
-                self._edge_version += 1
-            else:
-                v = int(self.edge_visits[e]) + 1
-                self.edge_visits[e] = v
-                self.edge_weight[e] += eta * (ret - self.edge_weight[e])
-                self.edge_reward[e] += (r - self.edge_reward[e]) / v
-            self.edge_last_used[e] = c
-            out[i] = e
-        return out
+            kernels.remove_edges(ids[np.argpartition(rank, need - 1)[:need]], self._edges)
+        contiguous = (np.ascontiguousarray(x) for x in (src, dst, actions, rewards, returns, clocks))
+        return kernels.add_edges(*contiguous, self.eta, self._edges)
 
     # ------------------------------------------------------------------ write
     def write_episode(self, keys: np.ndarray, actions: np.ndarray, rewards: np.ndarray, returns: np.ndarray,
@@ -327,8 +265,8 @@ class MemoryGraph:
         node_t -a_t-> node_{t+1} and node_{T-1} -> terminal (or truncated) sentinel.
 
         Semantics are those of processing the steps one by one; only the search is batched: the nearest old
-        nodes of all steps come from one brute-force search, and nodes touched earlier in the same episode
-        are compared exactly at each step. Returns each step's node id; -1 for a step whose node was itself
+        nodes of all steps come from one index search, and nodes touched earlier in the same episode are
+        compared exactly at each step. Returns each step's node id; -1 for a step whose node was itself
         evicted later in the episode (only if a table is smaller than the episode); its edges are dropped.
         """
         keys = np.ascontiguousarray(keys, dtype=np.float32).reshape(len(keys), self.dim)
@@ -345,7 +283,12 @@ class MemoryGraph:
         clocks = self.clock + 1 + np.arange(T)
         tables = actions if self.layout == "per_action" else np.zeros(T, dtype=np.int64)
         for table in np.unique(tables).tolist():  # tables are independent: process each table's steps in turn
-            self._assign_nodes(table, np.flatnonzero(tables == table), keys, clocks, nodes)
+            steps = np.flatnonzero(tables == table)
+            cand, cand_d2 = self._nearest(keys[steps], table, _CANDIDATES)
+            lru = self._lru_order(table, len(steps) - int(self._node_num_free[table]))
+            touched = kernels.assign_nodes(table, steps, keys, clocks, cand, cand_d2, self.dist_th, lru,
+                                           self.node_last_used[lru], self._mark, self._nodes, self._edges, nodes)
+            self._sync_index(touched)
         self.clock = int(clocks[-1])
         end = self.terminal_node if terminated else self.truncated_node
         dst = np.append(nodes[1:], end)
@@ -353,131 +296,17 @@ class MemoryGraph:
         self._add_edges(nodes[ok], dst[ok], actions[ok], rewards[ok], returns[ok], clocks[ok])
         return nodes
 
-    def _assign_nodes(self, table: int, steps: np.ndarray, keys: np.ndarray, clocks: np.ndarray,
-                      nodes: np.ndarray) -> None:
-        """Sequential merge-or-insert of `steps` (all in `table`), writing their node ids into `nodes`.
-
-        Old nodes not touched during this episode keep their keys, so their precomputed distances and ranks
-        stay valid: the nearest of them is the first untouched candidate. Touched nodes (at most one per step;
-        an evicted slot is refilled at once) are compared exactly at each step from a small local copy of
-        their keys. If all candidates were touched and the last is still closer than dist_th, an exhaustive
-        search decides (rare)."""
-        cand, cand_d2 = self._nearest(keys[steps], table, _CANDIDATES)
-        cand, cand_d2 = cand.tolist(), cand_d2.tolist()  # scanned per step: Python lists are faster
-        keys64 = keys.astype(np.float64)
-        lru = self._lru_order(table, len(steps) - int(self._node_num_free[table]))
-        lru_stamp, li = self.node_last_used[lru], 0
-        touched = np.empty(len(steps), dtype=np.int64)  # touched slots and their current keys (float64)
-        touched_keys = np.empty((len(steps), self.dim))
-        row_of: dict[int, int] = {}
-        th, free, stack = self.dist_th, self._node_num_free, self._node_free[table]
-        for r, i in enumerate(steps.tolist()):
-            self.clock = int(clocks[i])
-            h64 = keys64[i]
-            best, best_d2 = -1, math.inf
-            row = cand[r]
-            for c, c_d2 in zip(row, cand_d2[r], strict=True):
-                if c < 0:
-                    break
-                if c not in row_of:  # untouched: its key and distance are as precomputed
-                    best, best_d2 = c, c_d2
-                    break
-            else:
-                if math.sqrt(cand_d2[r][-1]) < th:
-                    best, best_d2 = self._nearest_exhaustive(h64, table)
-            if row_of:
-                d2 = ((touched_keys[: len(row_of)] - h64) ** 2).sum(1)
-                j = int(d2.argmin())
-                if d2[j] < best_d2:
-                    best, best_d2 = int(touched[j]), float(d2[j])
-            d = math.sqrt(best_d2)
-            if d < th:  # merge: slow key drift towards the new state
-                self.node_keys[best] = (self.node_keys[best].astype(np.float64) + d * h64) / (1.0 + d)
-                self.node_visits[best] += 1
-            else:
-                if free[table] == 0:
-                    victim = -1
-                    while li < len(lru) and victim < 0:
-                        c = int(lru[li])
-                        if self.node_alive[c] and self.node_last_used[c] == lru_stamp[li]:
-                            victim = c
-                        li += 1
-                    if victim < 0:  # the list ran out (merges touched some of it): ask again
-                        victim = int(self._lru_order(table, 1)[0])
-                        nodes[nodes == victim] = -1  # only if the table is smaller than the episode
-                    self._evict_node(victim)
-                free[table] -= 1
-                best = int(stack[free[table]])
-                self.node_keys[best] = keys[i]
-                self.node_visits[best] = 1
-                self.node_alive[best] = True
-            self.node_last_used[best] = self.clock
-            if best not in row_of:
-                row_of[best] = len(row_of)
-                touched[row_of[best]] = best
-            touched_keys[row_of[best]] = self.node_keys[best]
-            nodes[i] = best
-        touched = touched[: len(row_of)]
-        self._sqnorm[touched] = (touched_keys[: len(row_of)] ** 2).sum(1)
-
-    # ------------------------------------------------------------------ CSR view and node values
-    def _csr(self) -> _Csr:
-        if self._csr_cache is not None and self._csr_cache[0] == self._edge_version:
-            return self._csr_cache[1]
-        ids = self.alive_edges()
-        gkey = self.edge_src[ids] * self.num_actions + self.edge_action[ids]
-        sort = np.argsort(gkey, kind="stable")
-        order, gkey = ids[sort], gkey[sort]
-        gstart = np.flatnonzero(np.r_[True, gkey[1:] != gkey[:-1]]) if len(order) else np.zeros(0, np.int64)
-        gcount = np.diff(np.append(gstart, len(order)))
-        gsrc, gact = gkey[gstart] // self.num_actions, gkey[gstart] % self.num_actions
-        nptr = np.searchsorted(gsrc, np.arange(self._n_slots + 1))
-        eptr = np.append(gstart, len(order))[nptr]
-        csr = _Csr(order, gstart, gcount, gact, nptr, eptr, np.flatnonzero(np.diff(nptr) > 0))
-        self._csr_cache = (self._edge_version, csr)
-        return csr
-
-    def _group_q(self, csr: _Csr, groups: np.ndarray) -> np.ndarray:
-        """Q of the given (src, action) groups from the current edge weights."""
-        counts = csr.gcount[groups]
-        edges = csr.order[_ranges(csr.gstart[groups], counts)]
-        return _segment_q(self.edge_weight[edges], self.edge_visits[edges], np.cumsum(counts) - counts,
-                          self.node_value)
-
+    # ------------------------------------------------------------------ node values
     def node_q(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Q(u, a) for the given nodes as [n, num_actions], and the mask of (u, a) with any out-edge
         labelled a (Q is 0 where the mask is False)."""
-        nodes = np.asarray(nodes, dtype=np.int64).ravel()
-        csr = self._csr()
-        q = np.zeros((len(nodes), self.num_actions))
-        has = np.zeros((len(nodes), self.num_actions), dtype=bool)
-        counts = csr.nptr[nodes + 1] - csr.nptr[nodes]
-        groups = _ranges(csr.nptr[nodes], counts)
-        if groups.size:
-            rows = np.repeat(np.arange(len(nodes)), counts)
-            q[rows, csr.gact[groups]] = self._group_q(csr, groups)
-            has[rows, csr.gact[groups]] = True
-        return q, has
+        nodes = np.ascontiguousarray(nodes, dtype=np.int64).ravel()
+        return kernels.node_q(nodes, self._edges, self.node_value == "max")
 
     def node_values(self, nodes: np.ndarray) -> np.ndarray:
         """V(u) = max_a Q(u, a); 0 for a node with no out-edge."""
-        nodes = np.asarray(nodes, dtype=np.int64).ravel()
-        csr = self._csr()
-        counts = csr.nptr[nodes + 1] - csr.nptr[nodes]
-        values = np.zeros(len(nodes))
-        some = counts > 0
-        if some.any():
-            gq = self._group_q(csr, _ranges(csr.nptr[nodes], counts))
-            values[some] = np.maximum.reduceat(gq, (np.cumsum(counts) - counts)[some])
-        return values
-
-    def _all_values(self, csr: _Csr, w_sorted: np.ndarray, visits_sorted: np.ndarray) -> np.ndarray:
-        """V of every node slot from edge weights given in CSR order (the sweep's inner step)."""
-        values = np.zeros(self._n_slots)
-        if csr.vnodes.size:
-            gq = _segment_q(w_sorted, visits_sorted, csr.gstart, self.node_value)
-            values[csr.vnodes] = np.maximum.reduceat(gq, csr.nptr[csr.vnodes])
-        return values
+        nodes = np.ascontiguousarray(nodes, dtype=np.int64).ravel()
+        return kernels.node_values(nodes, self._edges, self.node_value == "max")
 
     # ------------------------------------------------------------------ read
     def read(self, query_keys: np.ndarray, k: int, delta: float = 1e-3, missing: str = "zero") -> GraphRead:
@@ -495,14 +324,9 @@ class MemoryGraph:
         for table in range(self.num_tables):
             if B == 0 or self.capacity - self._node_num_free[table] < k:
                 continue
-            ids, d2 = self._nearest(queries, table, k)
-            w = 1.0 / (d2 + delta)
-            nodes[:, table], weights[:, table] = ids, w
-            qn, has = self.node_q(ids)
-            qn, has = qn.reshape(B, k, A), has.reshape(B, k, A)
-            wa = w[:, :, None] * has if missing == "skip" else np.broadcast_to(w[:, :, None], qn.shape)
-            den = wa.sum(1)
-            vals = np.divide((wa * qn).sum(1), den, out=np.zeros((B, A)), where=den > 0)
+            vals, nodes[:, table], weights[:, table] = kernels.read(
+                queries, self._candidates(queries, table, k), self.node_keys, delta, self._edges,
+                self.node_value == "max", missing == "skip")
             if self.layout == "per_action":
                 q[:, table] = vals[:, table]
             else:
@@ -552,13 +376,12 @@ class MemoryGraph:
         if ids.size == 0:
             return ids
         n, e = self._n_slots, self.alive_edges()
-        csr = self._csr()
         src, dst = self.edge_src[e], self.edge_dst[e]
         vis = self.edge_visits[e].astype(np.float64)
         rsum = np.bincount(src, self.edge_reward[e] * vis, minlength=n)
         vsum = np.bincount(src, vis, minlength=n)
         feats = np.stack([
-            self._all_values(csr, self.edge_weight[csr.order], self.edge_visits[csr.order]),
+            kernels.all_values(self._edges, self.node_value == "max"),
             np.divide(rsum, vsum, out=np.zeros(n), where=vsum > 0),
             np.log1p(self.node_visits.astype(np.float64)),
             self._degrees().astype(np.float64)], 1)[ids]
@@ -638,17 +461,7 @@ class MemoryGraph:
 
     def _best_edges(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """For each pair, the highest-reward alive edge u -> v (any action; ties: lowest id), or -1."""
-        csr = self._csr()
-        counts = csr.eptr[u + 1] - csr.eptr[u]
-        cand = csr.order[_ranges(csr.eptr[u], counts)]
-        which = np.repeat(np.arange(len(u)), counts)
-        keep = self.edge_dst[cand] == v[which]
-        cand, which = cand[keep], which[keep]
-        sort = np.lexsort((cand, -self.edge_reward[cand], which))
-        first = sort[np.r_[True, which[sort][1:] != which[sort][:-1]]] if sort.size else sort
-        out = np.full(len(u), -1, dtype=np.int64)
-        out[which[first]] = cand[first]
-        return out
+        return kernels.best_edges(np.ascontiguousarray(u), np.ascontiguousarray(v), self._edges)
 
     # ------------------------------------------------------------------ backups
     def _backup(self, edges: np.ndarray, values: np.ndarray, gamma: float, eta: float,
@@ -684,43 +497,46 @@ class MemoryGraph:
     def sweep(self, gamma: float, eta: float, iterations: int = 1, reference_backup: bool = False) -> None:
         """The same backup on all edges at once, `iterations` times (value iteration on the graph; each
         iteration uses the values from before it). Edges into the truncated sentinel are left alone."""
-        csr = self._csr()
-        order = csr.order
-        backed = self.edge_dst[order] != self.truncated_node
-        edges, dst = order[backed], self.edge_dst[order][backed]
-        w, visits = self.edge_weight[order], self.edge_visits[order]
-        target_r = 0.0 if reference_backup else self.edge_reward[edges]
-        scale = 1.0 if reference_backup else gamma
-        for _ in range(iterations):
-            values = self._all_values(csr, w, visits)
-            w[backed] += eta * (target_r + scale * values[dst] - w[backed])
-        self.edge_weight[order] = w
+        kernels.sweep(int(iterations), float(gamma), float(eta), bool(reference_backup), self.truncated_node,
+                      self._edges, self.node_value == "max")
 
     # ------------------------------------------------------------------ persistence and views
     def _config(self) -> dict[str, Any]:
+        """What a saved state must agree on (the index is a search structure: it may differ, see load)."""
         return {"dim": self.dim, "capacity": self.capacity, "num_actions": self.num_actions,
                 "layout": self.layout, "edge_capacity": self.edge_capacity, "dist_th": self.dist_th,
                 "eta": self.eta, "node_value": self.node_value}
 
+    def _index_state(self) -> dict[str, Any] | None:
+        """The indexes as they are, when rebuilding them from the keys would not give the same reads:
+        HNSW (its graph depends on the insertion history) or a tolerance (indexed keys lag the true ones)."""
+        hnsw = isinstance(self._indexes[0], HNSWIndex)
+        if not hnsw and self.index_tolerance == 0:
+            return None
+        return {"hnsw": hnsw, "drift": self._drift.copy(), "tables": [index.state_dict() for index in self._indexes]}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything as tensors / plain values (torch.load(weights_only=True) accepts it); a copy."""
         arrays = {name: getattr(self, name).copy() for name in _NODE_STATE + _EDGE_STATE}
-        return to_saveable({"config": self._config(), "clock": self.clock,
-                            "edge_num_free": self._edge_num_free, "arrays": arrays})
+        return to_saveable({"config": self._config(), "clock": self.clock, "edge_num_free": self._edge_num_free,
+                            "arrays": arrays, "index": self._index_state()})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state; reads are then identical. The indexes are restored as saved if they are of this
+        graph's kind, else rebuilt from the keys (exactly; slow for HNSW at large sizes)."""
         if state["config"] != self._config():
             raise ValueError(f"graph state was saved with {state['config']}, this graph is {self._config()}")
         for name, value in to_numpy(state["arrays"]).items():
             getattr(self, name)[...] = value
-        self.clock, self._edge_num_free = int(state["clock"]), int(state["edge_num_free"])
-        k = self.node_keys.astype(np.float64)
-        self._sqnorm[:] = np.where(self.node_alive, (k * k).sum(1), np.inf)
-        self._sqnorm[self.terminal_node:] = np.inf
-        e = self.alive_edges()
-        self._lookup = dict(zip(self._pack(self.edge_src[e], self.edge_dst[e], self.edge_action[e]).tolist(),
-                                e.tolist(), strict=True))
-        self._edge_version += 1
+        self.clock, self._edge_nfree[0] = int(state["clock"]), int(state["edge_num_free"])
+        kernels.rebuild_table(self._edges)
+        saved = state.get("index")
+        if saved is not None and saved["hnsw"] == isinstance(self._indexes[0], HNSWIndex):
+            for index, table_state in zip(self._indexes, saved["tables"], strict=True):
+                index.load_state_dict(table_state)
+            self._drift[:] = to_numpy(saved["drift"])
+        else:
+            self.reindex()
 
     def to_networkx(self) -> nx.MultiDiGraph:
         """A networkx copy for plots and tests (edge keys are edge ids); not for the hot path."""

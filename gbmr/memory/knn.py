@@ -272,6 +272,33 @@ class HNSWIndex(KeyIndex):
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.asarray(self._graph.get_items(slots, return_type="numpy"), dtype=np.float32)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The backend-neutral state plus hnswlib's graph itself, so that a loaded index searches exactly as
+        the saved one did (re-adding the keys would build another graph). hnswlib does not save the random
+        state that draws new points' levels: later inserts may build a slightly different graph."""
+        state = super().state_dict()
+        params = self._graph.__getstate__()[0]
+        state["hnsw"] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in params.items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore hnswlib's graph when it was saved with the same capacity, M and ef_construction, else
+        re-add the keys."""
+        saved = state.get("hnsw")
+        if saved is None or (saved["max_elements"], saved["M"], saved["ef_construction"], saved["dim"]) != (
+                self.capacity, self.M, self.ef_construction, self.dim):
+            super().load_state_dict(state)
+            return
+        params = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in saved.items()}
+        graph = hnswlib.Index.__new__(hnswlib.Index)  # pybind11 pickling constructs in place
+        graph.__setstate__((params,))
+        graph.set_ef(self.ef_search)
+        self._graph = graph
+        slots = as_array(state["slots"], np.int64)
+        self._alive[:] = False
+        self._alive[slots] = True
+        self._n = slots.size
+
 
 def make_index(kind: str, capacity: int, dim: int, device: torch.device | str | None = None,
                **hnsw_options: Any) -> KeyIndex:
