@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gbmr.inspect_cli import add_inspect_parser
 
     add_inspect_parser(sub)
+    from gbmr.vae_cli import add_pretrain_vae_parser
+
+    add_pretrain_vae_parser(sub)
     return parser
 
 

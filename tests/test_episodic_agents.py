@@ -84,7 +84,7 @@ def test_nec_write_path_uses_the_dnd_merge_rule():
     step(agent, (1, 1), 0, 3.0, (2, 2), terminated=True)
     assert [len(d) for d in agent.dnds] == [1, 0]
     assert agent.dnds[0].values[0].item() == pytest.approx(1.0 + 0.1 * (3.0 - 1.0))
-    assert len(agent.replay) == 2 and agent.replay.returns[:2].tolist() == [1.0, 3.0]
+    assert len(agent.learner.replay) == 2 and agent.learner.replay.returns[:2].tolist() == [1.0, 3.0]
 
 
 def test_nec_n_step_return_bootstraps_from_max_q():

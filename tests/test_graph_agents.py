@@ -124,6 +124,29 @@ def test_gbmr_checkpoint_resumes_identically():
     assert a.graph.num_edges == b.graph.num_edges
 
 
+@pytest.mark.parametrize("cls", [GQAgent, GBMRAgent])
+def test_learned_encoder_checkpoint_resumes_identically(cls):
+    """encoder=learned: the encoder, its RMSprop state, the (wrapped) replay, the unfinished episode's
+    observations and the learner's schedule all round-trip, so both copies act, learn and read alike."""
+    extra = {"reconstruct_every": 200} if cls is GBMRAgent else {}
+    config = cls.Config(encoder="learned", embed_dim=8, hidden=(16,), capacity=500, k=5, dist_th=0.02, n_step=10,
+                        eps_start=0.3, eps_end=0.3, learning_starts=100, lr=1e-3, replay_size=300, **extra)
+    env_a, env_b = make_env("CartPole-v1"), make_env("CartPole-v1")
+    a = _agent(cls, config, env_a, seed=11)
+    _play(a, env_a, 500)
+    assert len(a.collector) > 0 and len(a.obs_collector) == len(a.collector)  # mid-episode
+    assert len(a.learner.replay) == 300 and a.learner.replay.pos > 0 and a.learner.last_learn == 500
+    b = _agent(cls, config, env_b, seed=999)
+    b.load_state_dict(_saved(a))
+    acts_a, q_a = _play(a, env_a, 300, seed=4)
+    acts_b, q_b = _play(b, env_b, 300, seed=4)
+    assert acts_a == acts_b
+    np.testing.assert_array_equal(q_a, q_b)
+    for p, q in zip(a.encoder.parameters(), b.encoder.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert a.learner.last_learn == b.learner.last_learn == 800
+
+
 def _maze_run(tmp_path, algo, steps=MAZE_STEPS):
     run_dir = tmp_path / algo
     assert main(["train", "--algo", algo, "--env", MAZE, "--seed", str(SEED), "--total-steps", str(steps),

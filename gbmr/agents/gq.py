@@ -8,8 +8,21 @@ embeddings, computed once when a step is observed; the collector holds embedding
 long Atari episode costs d floats per step. Evaluation (``explore=False``) reads only: memory, counters and
 the training RNG stay untouched.
 
-Encoders: ``identity`` (tabular mazes), ``random_projection`` (default). A ``learned`` encoder needs the
-NEC-style training loop, which GQ does not have yet: it is refused rather than silently left untrained.
+Encoders: ``identity`` (tabular mazes), ``random_projection`` (default), ``vae`` (a frozen VAE trained
+beforehand by ``gbmr pretrain-vae``, file ``vae_path``) and ``learned`` (GBMR.md "Encoder training"): every
+``learn_step`` env steps a batch of (obs, a, R) is drawn from a replay of the steps written so far (R the N-step
+return the step was written with) and RMSprop minimises (R - Q_lookup(phi(obs), a))^2, Q_lookup the kernel read
+of the graph with phi's gradient: the neighbours are the k nearest nodes of phi(obs), their keys and values
+Q(u_i, a) are constants, so only phi learns (``ReturnLearner`` and ``kernel_lookup``, shared with NEC).
+
+Keys already in the graph were embedded by an older phi and are kept as they are, as in the reference code
+(the spec says nothing else). Re-embedding is not possible: a node is a merge of many states whose observations
+are not kept (keeping them would cost an observation per step instead of d floats). Keeping them is also
+coherent with the loss: phi is trained to put a state near the *stored* keys whose values match its return, so
+it learns to address the memory as it is; and the memory keeps up with phi by itself: merges pull a node's key
+towards the new embeddings, key <- (key + d h) / (1 + d), and LRU eviction replaces nodes no longer visited.
+The small learning rate keeps phi's drift slow next to that turnover. Observations of unfinished episodes are
+held (besides their keys) only when the encoder is trained, to feed the replay when the episode is written.
 """
 
 from __future__ import annotations
@@ -23,11 +36,13 @@ import torch
 
 from gbmr.agents.acting import argmax_random_ties, linear_schedule, require_discrete
 from gbmr.agents.base import Agent
+from gbmr.agents.return_learning import ReturnLearner
 from gbmr.errors import GbmrError
 from gbmr.experiment.seeding import derive_seed
 from gbmr.experiment.state import rng_state, set_rng_state, to_numpy, to_saveable
 from gbmr.memory.episodes import Episode, EpisodeCollector, n_step_returns
 from gbmr.memory.graph import MISSING, MemoryGraph
+from gbmr.memory.kernel import kernel_lookup
 from gbmr.nets.encoders import make_encoder
 
 ENCODER_STREAM, EVAL_STREAM = 1, 2  # derived seeds: the projection matrix and evaluation's tie-breaking
@@ -35,8 +50,11 @@ ENCODER_STREAM, EVAL_STREAM = 1, 2  # derived seeds: the projection matrix and e
 
 @dataclass
 class GQConfig:
-    encoder: str = "random_projection"  # random_projection | identity (learned: not yet)
-    embed_dim: int = 64  # ignored by identity (its dim is the observation size)
+    encoder: str = "random_projection"  # random_projection | identity | learned (trained here) | vae (pretrained)
+    embed_dim: int = 64  # ignored by identity (its dim is the observation size) and vae (its latent size)
+    torso: str = "auto"  # learned: auto | mlp | nature_cnn | minatar_cnn
+    hidden: tuple[int, ...] = (256,)  # learned: MLP layers, or the fully connected layer after a CNN
+    vae_path: str = ""  # vae: the file written by `gbmr pretrain-vae`
     layout: str = "joint"  # joint | per_action (GBMR.md "The memory graph")
     capacity: int = 500_000  # nodes per table
     edge_capacity: int = 0  # 0 = 4 x nodes
@@ -51,11 +69,19 @@ class GQConfig:
     eps_start: float = 0.1
     eps_end: float = 0.1
     eps_fraction: float = 0.1  # fraction of the run over which epsilon goes from start to end
+    # training of a learned encoder (GBMR.md "Encoder training"; ignored by the other encoders)
+    lr: float = 1e-5  # RMSprop
+    rmsprop_alpha: float = 0.9  # the reference code's decay
+    rmsprop_eps: float = 0.01
+    batch_size: int = 32
+    learn_step: int = 4  # env steps between learner steps
+    learning_starts: int = 1_000  # env steps before the first learner step
+    replay_size: int = 100_000  # (obs, action, R) triples kept for the learner
 
 
 class GQAgent(Agent):
     Config = GQConfig
-    metric_names = ("nodes", "edges", "epsilon")
+    metric_names = ("nodes", "edges", "epsilon", "encoder_loss")
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
@@ -67,10 +93,11 @@ class GQAgent(Agent):
             raise GbmrError(f"missing must be one of {MISSING}, got '{config.missing}'")
         self.num_actions = int(action_space.n)
         self.encoder = make_encoder(config.encoder, observation_space, config.embed_dim,
-                                    seed=derive_seed(seed, ENCODER_STREAM)).to(device)
-        if self.encoder.trainable:
-            raise GbmrError(f"encoder '{config.encoder}' needs training, which the graph agents do not do yet; "
-                            "use random_projection or identity")
+                                    seed=derive_seed(seed, ENCODER_STREAM), hidden=config.hidden,
+                                    torso=config.torso, vae_path=config.vae_path).to(device)
+        # a trained encoder also needs each unfinished episode's observations, for the replay
+        self.learner = ReturnLearner(self.encoder, observation_space, config) if self.encoder.trainable else None
+        self.obs_collector = EpisodeCollector(num_envs) if self.learner is not None else None
         self.graph = MemoryGraph(self.encoder.dim, config.capacity, self.num_actions, config.layout,
                                  config.edge_capacity or None, config.dist_th, config.eta, config.node_value)
         self.collector = EpisodeCollector(num_envs)
@@ -113,18 +140,21 @@ class GQAgent(Agent):
         if done.any():
             final[done] = self.embed(np.asarray(next_obs)[done])
         episodes = self.collector.add(self.embed(obs), actions, rewards, terminated, truncated, final)
+        observed = (self.obs_collector.add(obs, actions, rewards, terminated, truncated)
+                    if self.obs_collector is not None else [None] * len(episodes))
         self.steps += self.num_envs
         self.episode_steps = np.where(done, 0, self.episode_steps + 1)
         cfg = self.config
         self.epsilon = linear_schedule(cfg.eps_start, cfg.eps_end, cfg.eps_fraction * self.total_steps, self.steps)
-        for episode in episodes:
-            self.after_write(episode, self.write(episode))
+        for episode, with_obs in zip(episodes, observed, strict=True):
+            self.after_write(episode, self.write(episode, None if with_obs is None else with_obs.obs))
         if episodes:
             self.after_episodes()
             self._metrics.update(nodes=self.graph.num_nodes, edges=self.graph.num_edges, epsilon=self.epsilon)
 
-    def write(self, episode: Episode) -> np.ndarray:
-        """Merge an ended episode into the graph with its N-step returns; returns its node ids."""
+    def write(self, episode: Episode, obs: np.ndarray | None = None) -> np.ndarray:
+        """Merge an ended episode into the graph with its N-step returns; returns its node ids. The episode's
+        observations ``obs``, if given, go to the learner's replay with the same returns."""
         cfg = self.config
         T, n = len(episode.actions), cfg.n_step
         # next_values[i] = V(state after step i); only the ones a bootstrap uses are read
@@ -136,6 +166,8 @@ class GQAgent(Agent):
             next_keys = np.concatenate([episode.obs[1:], episode.final_obs[None]])
             next_values[needed] = self.read_keys(next_keys[needed]).max(axis=1)
         returns = n_step_returns(episode.rewards, next_values, n, cfg.gamma, episode.terminated)
+        if obs is not None and self.learner is not None:
+            self.learner.replay.add(obs, episode.actions, returns)
         return self.graph.write_episode(episode.obs, episode.actions, episode.rewards, returns,
                                         episode.terminated)
 
@@ -147,11 +179,51 @@ class GQAgent(Agent):
 
     def update(self) -> dict[str, float]:
         out, self._metrics = self._metrics, {}
+        batch = self.learner.due_batch(self.steps, self.rng) if self.learner is not None else None
+        if batch is not None:
+            loss = self.encoder_loss(*batch)
+            if loss is not None:
+                self.learner.step(loss)
+                out["encoder_loss"] = loss.item()
         return out
+
+    def encoder_loss(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray) -> torch.Tensor | None:
+        """Mean (R - Q_lookup(phi(obs), a))^2 over the rows whose lookup finds nodes (None if none does), with
+        phi's gradient; the nodes' keys and values enter as constants."""
+        h = self.encoder(torch.as_tensor(np.asarray(obs), device=self.device))
+        keys, values, valid = self.neighbours(h.detach().cpu().numpy(), np.asarray(actions))
+        rows = valid.any(1)
+        if not rows.any():
+            return None
+        q, _ = kernel_lookup(h[rows], keys[rows], values[rows], valid[rows], self.config.delta)
+        target = torch.as_tensor(np.asarray(returns), dtype=torch.float32, device=self.device)[rows]
+        return (target - q).square().mean()
+
+    def neighbours(self, queries: np.ndarray, actions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What the graph read of ``queries`` uses for action ``actions[i]``: the neighbours' keys ``[B, k, d]``,
+        their Q(u, a) ``[B, k]`` and which neighbours count ``[B, k]`` (absent ones, and under ``missing=skip``
+        those without an out-edge labelled a, do not)."""
+        cfg, graph = self.config, self.graph
+        B = len(actions)
+        tables = actions if graph.layout == "per_action" else np.zeros(B, dtype=np.int64)
+        nodes = graph.read(queries, cfg.k, cfg.delta, cfg.missing).nodes[np.arange(B), tables]  # [B, k]
+        valid = nodes >= 0
+        nodes = np.where(valid, nodes, graph.terminal_node)  # a placeholder without key or out-edges
+        q, has = graph.node_q(nodes.ravel())
+        pick = (np.arange(nodes.size), np.repeat(actions, nodes.shape[1]))
+        values, has = q[pick].reshape(nodes.shape), has[pick].reshape(nodes.shape)
+        if cfg.missing == "skip":
+            valid &= has
+        keys, values, valid = (torch.as_tensor(x, device=self.device)
+                               for x in (graph.node_keys[nodes], values.astype(np.float32), valid))
+        return keys, values, valid
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
+        trained = {} if self.learner is None else {"learner": self.learner.state_dict(),
+                                                   "obs_collector": self.obs_collector.state_dict()}
         return {
+            **trained,
             "encoder": self.encoder.state_dict(),
             "graph": self.graph.state_dict(),
             "collector": self.collector.state_dict(),
@@ -163,6 +235,9 @@ class GQAgent(Agent):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.encoder.load_state_dict(state["encoder"])
+        if self.learner is not None:
+            self.learner.load_state_dict(state["learner"])
+            self.obs_collector.load_state_dict(state["obs_collector"])
         self.graph.load_state_dict(state["graph"])
         self.collector.load_state_dict(state["collector"])
         set_rng_state(self.rng, state["rng"])

@@ -12,6 +12,8 @@ Q(s, a) = sum_i w_i v_i / sum_i w_i over the p = 50 nearest keys of DND_a, w_i =
 - Learning: every ``learn_step`` steps a batch of (obs, action, R_t) from a replay ring is looked up through
   the kernel and the squared error (R_t - Q)^2 trains the encoder (RMSprop, as in the paper) and the keys and
   values of the neighbours used (plain SGD on the DNDs' sparse gradients); the moved keys are re-indexed.
+  The replay, schedule and optimiser steps are ``ReturnLearner`` (shared with the memory-graph agents), the
+  kernel is ``kernel_lookup`` inside ``DND.lookup_with_neighbours``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from gbmr.agents.acting import argmax_random_ties, epsilon_greedy, linear_schedule, require_discrete
 from gbmr.agents.base import Agent
 from gbmr.agents.mfec import ENCODER_STREAM, untouched
+from gbmr.agents.return_learning import ReturnLearner
 from gbmr.errors import GbmrError
 from gbmr.experiment.seeding import derive_seed
 from gbmr.experiment.state import rng_state, set_rng_state, to_numpy, to_saveable
@@ -41,7 +44,8 @@ class NECConfig:
     alpha: float = 0.1  # tabular learning rate of a merge
     n_step: int = 100
     gamma: float = 0.99
-    encoder: str = "learned"  # learned | random_projection | identity (the last two are not trained)
+    encoder: str = "learned"  # learned | random_projection | identity | vae (only learned is trained)
+    vae_path: str = ""  # vae: the file written by `gbmr pretrain-vae`
     dim: int = 64  # key size
     torso: str = "auto"  # auto | mlp | nature_cnn | minatar_cnn
     hidden: tuple[int, ...] = (256,)
@@ -61,42 +65,6 @@ class NECConfig:
     match_threshold: float = 1e-6  # squared distance under which a written key merges
 
 
-class ReturnReplay:
-    """Ring of (obs, action, N-step return) triples the learner samples uniformly."""
-
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> None:
-        self.obs = np.zeros((capacity, *obs_shape), dtype=obs_dtype)
-        self.actions = np.zeros(capacity, dtype=np.int64)
-        self.returns = np.zeros(capacity, dtype=np.float32)
-        self.pos = 0
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray) -> None:
-        capacity = len(self.actions)
-        slots = (self.pos + np.arange(len(actions))) % capacity
-        self.obs[slots], self.actions[slots], self.returns[slots] = obs, actions, returns
-        self.pos = int((self.pos + len(actions)) % capacity)
-        self.size = min(self.size + len(actions), capacity)
-
-    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        idx = rng.integers(self.size, size=n)
-        return self.obs[idx], self.actions[idx], self.returns[idx]
-
-    def state_dict(self) -> dict:
-        n = self.size
-        return to_saveable({"obs": self.obs[:n], "actions": self.actions[:n], "returns": self.returns[:n],
-                            "pos": self.pos, "size": n})
-
-    def load_state_dict(self, state: dict) -> None:
-        state = to_numpy(state)
-        n = self.size = int(state["size"])
-        self.pos = int(state["pos"])
-        self.obs[:n], self.actions[:n], self.returns[:n] = state["obs"], state["actions"], state["returns"]
-
-
 class NECAgent(Agent):
     Config = NECConfig
     metric_names = ("loss", "q_mean", "epsilon", "memory")
@@ -112,23 +80,19 @@ class NECAgent(Agent):
         self.num_actions = int(action_space.n)
         self.encoder = make_encoder(config.encoder, observation_space, config.dim,
                                     seed=derive_seed(seed, ENCODER_STREAM), hidden=config.hidden,
-                                    torso=config.torso).to(device)
+                                    torso=config.torso, vae_path=config.vae_path).to(device)
         self.dnds = [
             DND(config.capacity, self.encoder.dim, k=config.k, delta=config.delta, alpha=config.alpha,
                 index=config.index, device=device, match_threshold=config.match_threshold)
             for _ in range(self.num_actions)
         ]
-        self.encoder_optimizer = (
-            torch.optim.RMSprop(self.encoder.parameters(), lr=config.lr, alpha=config.rmsprop_alpha,
-                                eps=config.rmsprop_eps)
-            if self.encoder.trainable else None
-        )
         self.dnd_optimizer = (
             torch.optim.SGD([p for dnd in self.dnds for p in dnd.parameters()], lr=config.dnd_lr)
             if config.dnd_lr > 0 else None
         )
+        self.learner = ReturnLearner(self.encoder, observation_space, config,
+                                     [self.dnd_optimizer] if self.dnd_optimizer is not None else [])
         shape = tuple(observation_space.shape)
-        self.replay = ReturnReplay(config.replay_size, shape, observation_space.dtype)
         # per-env window of the last steps whose returns are not known yet (a ring of n_step entries)
         n = config.n_step
         self.window_obs = np.zeros((num_envs, n, *shape), dtype=observation_space.dtype)
@@ -137,7 +101,6 @@ class NECAgent(Agent):
         self.window_start = np.zeros(num_envs, dtype=np.int64)
         self.window_len = np.zeros(num_envs, dtype=np.int64)
         self.epsilon = config.eps_start
-        self._last_learn = 0
 
     # ------------------------------------------------------------------ reading
     def embed(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -199,16 +162,14 @@ class NECAgent(Agent):
         for a in np.unique(actions):
             mask = actions == a
             self.dnds[a].write(keys[torch.from_numpy(mask).to(self.device)], returns[mask])
-        self.replay.add(obs, actions, returns)
+        self.learner.replay.add(obs, actions, returns)
 
     # ------------------------------------------------------------------ learning
     def update(self) -> dict[str, float]:
-        cfg = self.config
-        if (self.steps < cfg.learning_starts or self.steps - self._last_learn < cfg.learn_step
-                or len(self.replay) == 0):
+        batch = self.learner.due_batch(self.steps, self.rng)
+        if batch is None:
             return {}
-        self._last_learn = self.steps
-        loss, q_mean = self.learn(*self.replay.sample(cfg.batch_size, self.rng))
+        loss, q_mean = self.learn(*batch)
         memory = float(sum(len(dnd) for dnd in self.dnds))
         return {"loss": loss, "q_mean": q_mean, "epsilon": self.epsilon, "memory": memory}
 
@@ -230,12 +191,7 @@ class NECAgent(Agent):
     def learn(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray) -> tuple[float, float]:
         """One gradient step on a batch; moved keys are re-indexed."""
         loss, q, used = self.batch_loss(obs, actions, returns)
-        optimizers = [opt for opt in (self.encoder_optimizer, self.dnd_optimizer) if opt is not None]
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
+        self.learner.step(loss)
         if self.dnd_optimizer is not None:
             for a, slots in zip(np.unique(actions), used, strict=True):
                 self.dnds[a].refresh_index(slots, tolerance=self.config.index_tolerance)
@@ -245,30 +201,24 @@ class NECAgent(Agent):
     def state_dict(self) -> dict:
         return {
             "encoder": self.encoder.state_dict(),
-            "encoder_optimizer": None if self.encoder_optimizer is None else self.encoder_optimizer.state_dict(),
-            "dnd_optimizer": None if self.dnd_optimizer is None else self.dnd_optimizer.state_dict(),
+            "learner": self.learner.state_dict(),
             "dnds": [dnd.state_dict() for dnd in self.dnds],
-            "replay": self.replay.state_dict(),
             "window": to_saveable({"obs": self.window_obs, "actions": self.window_actions,
                                    "rewards": self.window_rewards, "start": self.window_start,
                                    "len": self.window_len}),
             "rng": rng_state(self.rng),
-            "counters": {"steps": self.steps, "epsilon": self.epsilon, "last_learn": self._last_learn},
+            "counters": {"steps": self.steps, "epsilon": self.epsilon},
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.encoder.load_state_dict(state["encoder"])
-        if self.encoder_optimizer is not None:
-            self.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
-        if self.dnd_optimizer is not None:
-            self.dnd_optimizer.load_state_dict(state["dnd_optimizer"])
+        self.learner.load_state_dict(state["learner"])
         for dnd, dnd_state in zip(self.dnds, state["dnds"], strict=True):
             dnd.load_state_dict(dnd_state)
-        self.replay.load_state_dict(state["replay"])
         window = to_numpy(state["window"])
         self.window_obs[:], self.window_actions[:], self.window_rewards[:] = (
             window["obs"], window["actions"], window["rewards"])
         self.window_start[:], self.window_len[:] = window["start"], window["len"]
         set_rng_state(self.rng, state["rng"])
         counters = state["counters"]
-        self.steps, self.epsilon, self._last_learn = counters["steps"], counters["epsilon"], counters["last_learn"]
+        self.steps, self.epsilon = counters["steps"], counters["epsilon"]

@@ -65,13 +65,7 @@ class RunDir:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        tmp = self.latest.with_suffix(".pt.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.latest)
-        _fsync_dir(self.checkpoints)
+        atomic_torch_save(state, self.latest)
 
     def load_checkpoint(self) -> dict[str, Any]:
         if not self.latest.is_file():
@@ -124,6 +118,17 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file, fsync, rename: a crash leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

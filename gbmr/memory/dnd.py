@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gbmr.memory.kernel import kernel_lookup
 from gbmr.memory.knn import as_array, make_index
 
 WRITE_CHUNK = 1024  # keys deduplicated against each other per pass: a [chunk, chunk] distance matrix
@@ -192,10 +193,8 @@ class DND(_SlotTable):
         flat = slots.clamp(min=0).reshape(-1)
         keys = torch.gather(self.keys, 0, flat[:, None].expand(-1, self.dim), sparse_grad=self.sparse_grad)
         values = torch.gather(self.values, 0, flat, sparse_grad=self.sparse_grad).view(slots.shape)
-        d2 = (q[:, None, :] - keys.view(*slots.shape, self.dim)).square().sum(-1)
-        w = torch.where(valid, 1.0 / (d2 + self.delta), torch.zeros_like(d2))
-        weights = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-        return (weights * values).sum(1), slots, weights
+        out, weights = kernel_lookup(q, keys.view(*slots.shape, self.dim), values, valid, self.delta)
+        return out, slots, weights
 
     def refresh_index(self, slots: np.ndarray | torch.Tensor, tolerance: float = 0.0) -> None:
         """Re-add the (optimiser-moved) keys of ``slots`` to the index; -1 entries are ignored.

@@ -5,8 +5,10 @@
 - ``learned`` (NEC, Pritzel et al. 2017): a torso from ``gbmr.nets.torsos`` plus a linear layer to ``dim``,
   trained by the agent's loss through the kernel lookup.
 - ``identity``: the flattened observation itself, for tabular states (grid mazes) where exact keys matter.
+- ``vae`` (seed note 001): the posterior mean of a VAE trained beforehand (``gbmr pretrain-vae``, see
+  ``gbmr.nets.vae``), loaded from ``vae_path``; frozen, its size is the VAE's latent size (``dim`` is ignored).
 
-uint8 observations (pixels) are scaled to [0, 1] by ``random_projection`` and ``learned`` (as the torsos do);
+uint8 observations (pixels) are scaled to [0, 1] by ``random_projection``, ``learned`` and ``vae`` (the torsos do);
 ``identity`` keeps the raw values so tabular keys stay the states' coordinates.
 """
 
@@ -21,8 +23,9 @@ from torch import nn
 
 from gbmr.errors import GbmrError, unknown_choice
 from gbmr.nets.torsos import input_scale, make_torso
+from gbmr.nets.vae import VAE, load_vae
 
-ENCODERS = ("random_projection", "learned", "identity")
+ENCODERS = ("random_projection", "learned", "identity", "vae")
 
 
 class Encoder(nn.Module):
@@ -65,6 +68,19 @@ class LearnedEncoder(Encoder):
         return self.head(self.torso(obs))
 
 
+class VAEEncoder(Encoder):
+    """The encoder half of a pretrained VAE (torso + mean head), frozen: the memories' keys must not move
+    under a loss the VAE was not trained for. Its weights are in the agent's checkpoints like any encoder's."""
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__(vae.latent_dim)
+        self.torso, self.mu = vae.torso, vae.mu
+        self.requires_grad_(False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mu(self.torso(obs))
+
+
 def make_encoder(
     kind: str,
     observation_space: gym.Space,
@@ -72,11 +88,19 @@ def make_encoder(
     seed: int = 0,
     hidden: Sequence[int] = (256,),
     torso: str = "auto",
+    vae_path: str = "",
 ) -> Encoder:
     """The encoder ``kind`` for this observation space; ``seed`` fixes the projection matrix or the initial
-    weights (without touching torch's global RNG), so an agent's encoder depends on its seed only."""
+    weights (without touching torch's global RNG), so an agent's encoder depends on its seed only.
+    ``vae_path`` is the file of ``vae`` (and must be empty for the other kinds, so a typo cannot go unnoticed)."""
     if kind not in ENCODERS:
         raise unknown_choice("encoder", kind, ENCODERS)
+    if kind == "vae":
+        if not vae_path:
+            raise GbmrError("encoder 'vae' needs vae_path=FILE, a VAE trained by `gbmr pretrain-vae`")
+        return VAEEncoder(load_vae(vae_path, observation_space))
+    if vae_path:
+        raise GbmrError(f"vae_path is only used by encoder 'vae' (encoder is '{kind}'); set encoder=vae or drop it")
     if not isinstance(observation_space, gym.spaces.Box):
         raise GbmrError(f"encoder '{kind}' needs a Box (array) observation space, got {observation_space}")
     in_dim = int(np.prod(observation_space.shape))
