@@ -58,6 +58,8 @@ class GQConfig:
     layout: str = "joint"  # joint | per_action (GBMR.md "The memory graph")
     capacity: int = 500_000  # nodes per table
     edge_capacity: int = 0  # 0 = 4 x nodes
+    index: str = "auto"  # nearest-node search: exact | hnsw | auto (hnsw from 1e5 nodes; see gbmr.memory.knn)
+    index_tolerance: float = 0.0  # re-index a merged node once it moved this fraction of dist_th (0: every move)
     k: int = 50  # neighbours of the kernel read
     delta: float = 1e-3  # kernel w = 1 / (d^2 + delta)
     dist_th: float = 1.0  # merge a step into a node closer than this (Euclidean)
@@ -99,7 +101,8 @@ class GQAgent(Agent):
         self.learner = ReturnLearner(self.encoder, observation_space, config) if self.encoder.trainable else None
         self.obs_collector = EpisodeCollector(num_envs) if self.learner is not None else None
         self.graph = MemoryGraph(self.encoder.dim, config.capacity, self.num_actions, config.layout,
-                                 config.edge_capacity or None, config.dist_th, config.eta, config.node_value)
+                                 config.edge_capacity or None, config.dist_th, config.eta, config.node_value,
+                                 index=config.index, index_tolerance=config.index_tolerance)
         self.collector = EpisodeCollector(num_envs)
         self.eval_rng = np.random.default_rng(derive_seed(seed, EVAL_STREAM))
         self.epsilon = config.eps_start
