@@ -2,12 +2,13 @@
 
 Both use SB3's DQN defaults (lr 1e-4, buffer 1M, learning_starts 100, batch 32, train_freq 4, one gradient
 step, target update every 10k steps, epsilon 1 -> 0.05 over 10% of the run, Huber loss, grad-norm 10,
-MLP [64, 64], vanilla (not Double) targets) on the same environment, one torch thread each. The two alternate
-``--repeats`` times and the best of each is kept, so load from other processes hits both alike.
+MLP [64, 64], vanilla (not Double) one-step targets, uniform replay) on the same environment, one torch thread
+each. The two alternate ``--repeats`` times and the best of each is kept, so load from other processes hits both
+alike.
 Both clocks cover making the env and the agent and training (ours also its final checkpoint).
 Prints env-steps/s for both and the ratio.
 
-    python benchmarks/throughput.py [--steps 20000] [--repeats 2] [--envs CartPole-v1 MinAtar/Breakout-v1]
+    python benchmarks/throughput.py [--steps 20000] [--repeats 3] [--envs CartPole-v1 MinAtar/Breakout-v1]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SB3_DQN_DEFAULTS = dict(
     lr=1e-4, buffer_size=1_000_000, learning_starts=100, batch_size=32, tau=1.0, gamma=0.99, train_freq=4,
     gradient_steps=1, target_update_interval=10_000, eps_fraction=0.1, eps_start=1.0, eps_end=0.05,
     max_grad_norm=10.0, hidden=(64, 64), double=False, loss="huber", torso="mlp",
+    n_step=1, prioritized=False, dueling=False,  # SB3's DQN has none of them; our presets may set them
 )
 
 
@@ -63,7 +65,7 @@ def time_sb3(env_id: str, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--envs", nargs="+", default=["CartPole-v1", "MinAtar/Breakout-v1"])
     args = parser.parse_args()
     torch.set_num_threads(1)

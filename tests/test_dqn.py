@@ -1,9 +1,10 @@
 """DQN maths against hand-computed values."""
 
+import pytest
 import torch
 
 from gbmr.agents.acting import linear_schedule
-from gbmr.agents.dqn import q_targets
+from gbmr.agents.dqn import clip_grad_norm, q_targets
 
 
 def test_double_dqn_targets():
@@ -28,3 +29,22 @@ def test_linear_schedule():
     assert abs(linear_schedule(1.0, 0.1, 100, 50) - 0.55) < 1e-12
     assert linear_schedule(1.0, 0.1, 100, 500) == 0.1
     assert linear_schedule(1.0, 0.1, 0, 0) == 0.1
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])  # clipped, and left alone
+def test_clip_grad_norm_equals_torch(max_norm):
+    torch.manual_seed(0)
+    grads = [torch.randn(8, 4), torch.randn(8), torch.randn(3, 8)]
+    original = [g.clone() for g in grads]
+    params = [torch.zeros_like(g, requires_grad=True) for g in grads]
+    for p, g in zip(params, original, strict=True):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    clip_grad_norm(grads, max_norm)
+    for got, p in zip(grads, params, strict=True):
+        assert torch.equal(got, p.grad)  # bit for bit
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])).item()
+    if max_norm < 1:
+        assert norm == pytest.approx(max_norm, rel=1e-5)
+    else:
+        assert all(torch.equal(g, o) for g, o in zip(grads, original, strict=True))

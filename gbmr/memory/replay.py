@@ -188,13 +188,17 @@ class ReplayBuffer:
         truncated: np.ndarray,
     ) -> None:
         """Record one vector step; ``next_obs`` is the true final observation for environments that ended."""
+        terminated = np.asarray(terminated, dtype=bool)
+        if self.n_step == 1:  # every step is a whole window: store it as it comes, in environment order
+            discounts = np.where(terminated, 0.0, self.gamma)
+            self._write(obs, actions, rewards, next_obs, discounts)
+            return
         n, column = self.n_step, self.win_slot
         self.win_obs[:, column] = obs
         self.win_actions[:, column] = actions
         self.win_rewards[:, column] = rewards
         self.win_slot = (column + 1) % n
         self.win_count += 1
-        terminated = np.asarray(terminated, dtype=bool)
         done = terminated | np.asarray(truncated, dtype=bool)
         if done.any():
             env_idx, columns, returns, discounts = self._flush(done, terminated)
@@ -205,7 +209,8 @@ class ReplayBuffer:
             discounts = self.gamma**n
             self.win_count[env_idx] -= 1
         if env_idx.size:
-            self._store(env_idx, columns, returns, discounts, np.asarray(next_obs)[env_idx])
+            self._write(self.win_obs[env_idx, columns], self.win_actions[env_idx, columns], returns,
+                        np.asarray(next_obs)[env_idx], discounts)
 
     def _flush(
         self, done: np.ndarray, terminated: np.ndarray
@@ -226,23 +231,28 @@ class ReplayBuffer:
         env_idx, pos = np.nonzero(emit)
         return env_idx, columns[env_idx, pos], returns[env_idx, pos], discounts[env_idx, pos]
 
-    def _store(
+    def _write(
         self,
-        env_idx: np.ndarray,
-        columns: np.ndarray | int,
+        obs: np.ndarray,
+        actions: np.ndarray,
         returns: np.ndarray,
-        discounts: np.ndarray | float,
         next_obs: np.ndarray,
+        discounts: np.ndarray | float,
     ) -> None:
-        """Write emitted transitions at the ring pointer, in the order given."""
-        slots = (self.ptr + np.arange(env_idx.size)) % self.capacity
-        self.obs[slots] = self.win_obs[env_idx, columns]
-        self.actions[slots] = self.win_actions[env_idx, columns]
-        self.returns[slots] = returns
-        self.next_obs[slots] = next_obs
-        self.discounts[slots] = discounts
-        self.ptr = int(slots[-1] + 1) % self.capacity
-        self.size = min(self.size + slots.size, self.capacity)
+        """Write emitted transitions at the ring pointer, in the order given (a slice unless it wraps)."""
+        start, count = self.ptr, len(obs)
+        slots = np.arange(start, start + count)
+        if start + count <= self.capacity:
+            rows: slice | np.ndarray = slice(start, start + count)
+        else:
+            rows = slots = slots % self.capacity
+        self.obs[rows] = obs
+        self.actions[rows] = actions
+        self.returns[rows] = returns
+        self.next_obs[rows] = next_obs
+        self.discounts[rows] = discounts
+        self.ptr = (start + count) % self.capacity
+        self.size = min(self.size + count, self.capacity)
         self._on_write(slots)
 
     def sample(self, batch_size: int) -> Batch:

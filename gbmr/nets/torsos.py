@@ -28,7 +28,8 @@ class Scale(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() * self.scale
+        x = x.float()
+        return x if self.scale == 1.0 else x * self.scale  # MinAtar's 0/1 planes need only the cast
 
 
 def mlp(in_dim: int, hidden: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
