@@ -4,6 +4,7 @@
     python benchmarks/sample_efficiency.py --seeds 3 --workers 2
     python benchmarks/sample_efficiency.py --minatar             # (b) 5 agents x 5 games x 3 seeds x 500k steps: DAYS
     python benchmarks/sample_efficiency.py --minatar --steps 2000 --seeds 1 --games Breakout   # (b), smoke size
+    python benchmarks/sample_efficiency.py --minatar --games Breakout --algos dqn gbmr          # (b), a subset
     python benchmarks/sample_efficiency.py --nec-atari           # (c) print the 10M-frame Atari command
 
 (a) **Paper maze** (``GridMaze-Paper-v0``, each agent's ``maze`` preset: 20000 steps = at least 100 episodes of
@@ -117,12 +118,12 @@ def maze(args: argparse.Namespace) -> None:
 def minatar(args: argparse.Namespace) -> None:
     out = args.out / f"minatar_{args.steps}"
     every = max(args.steps // 20, 1)
-    spec = {"name": f"minatar-{args.steps}", "out": str(out.absolute()), "algos": list(MINATAR_ALGOS),
+    spec = {"name": f"minatar-{args.steps}", "out": str(out.absolute()), "algos": list(args.algos),
             "envs": [f"MinAtar/{g}-v1" for g in args.games], "seeds": list(range(1, args.seeds + 1)),
             "total_steps": args.steps,
             "set": {"eval_every": every, "checkpoint_every": every, "eval_episodes": 10}}
     path = write_sweep(out / "sweep.yaml", spec)
-    print(f"sweep: {path} ({len(MINATAR_ALGOS) * len(args.games) * args.seeds} runs of {args.steps:,} steps)")
+    print(f"sweep: {path} ({len(args.algos) * len(args.games) * args.seeds} runs of {args.steps:,} steps)")
     start = time.perf_counter()
     run_sweep(path, args.workers)
     print(f"sweep finished in {(time.perf_counter() - start) / 60:.1f} min")
@@ -162,6 +163,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500_000, help="MinAtar agent steps per run")
     parser.add_argument("--games", nargs="+", default=list(MINATAR_GAMES), choices=MINATAR_GAMES,
                         help="MinAtar games")
+    parser.add_argument("--algos", nargs="+", default=list(MINATAR_ALGOS), choices=MINATAR_ALGOS,
+                        help="MinAtar agents (a later call with more agents skips the complete runs)")
     parser.add_argument("--workers", type=int, default=1, help="runs at once (processes)")
     parser.add_argument("--out", type=Path, default=Path("runs/sample_efficiency"), help="root of the run folders")
     args = parser.parse_args()
