@@ -40,6 +40,7 @@ class DQNConfig:
     double: bool = True
     dueling: bool = False
     n_step: int = 1
+    frame_stack: int = 0  # > 0: replay stores each frame of uint8 (frame_stack, ...) stacks once (~8x less memory)
     prioritized: bool = False
     per_alpha: float = 0.6
     per_beta0: float = 0.4  # annealed linearly to 1 over the run
@@ -111,6 +112,7 @@ class DQNAgent(Agent):
             n_step=config.n_step,
             gamma=config.gamma,
             seed=derive_seed(seed, REPLAY_STREAM),
+            frame_stack=config.frame_stack,
             **extra,
         )
         self.loss_fn = F.smooth_l1_loss if config.loss == "huber" else F.mse_loss

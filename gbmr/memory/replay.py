@@ -8,8 +8,10 @@ so the learner bootstraps from the final observation only when the episode was c
 The learner's target is then simply ``returns + discounts * max_a Q(next_obs, a)``.
 
 Within one ``add`` the emitted transitions are stored environment by environment, oldest first.
-Storage is preallocated numpy; ``obs`` and ``next_obs`` are stored separately in the observation dtype
-(uint8 for images), which costs twice the memory of frame-sharing schemes but keeps sampling a plain gather.
+Storage is preallocated numpy. How observations are kept is an ``ObservationStore``: the buffer stores one key
+per ``obs`` and ``next_obs`` (in its n-step windows too) and gathers observations by key when it samples.
+``ObservationStore`` itself keeps whole observations as keys; ``FrameStore`` (``frame_stack > 0``) keeps each
+frame of stacked image observations once, about 8x less memory on Atari, and sampling stays one gather.
 
 Prioritized replay (Schaul et al. 2016) stores priorities ``p = (|td| + eps)^alpha`` in a sum tree and samples
 stratified: the total is split into ``batch_size`` equal segments with one uniform draw in each.
@@ -123,8 +125,220 @@ class SumTree:
         self._writes_since_rebuild = int(state["writes"])
 
 
+NEVER = np.iinfo(np.int64).min // 2  # last_use of a frame slot that holds no frame
+
+
+class ObservationStore:
+    """Observations kept whole: the key of an observation is the observation.
+
+    A store turns each vector step's ``obs`` and ``next_obs`` into keys (``encode``), which the buffer keeps per
+    transition and in its n-step windows, and sampled keys back into observations (``gather``). Subclasses keep
+    less.
+    """
+
+    frame_stack = 0
+
+    def __init__(self, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> None:
+        self.key_shape = tuple(obs_shape)
+        self.key_dtype = np.dtype(obs_dtype)
+
+    def encode(self, obs: np.ndarray, next_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keys of one vector step's observations and next observations, batched over environments."""
+        return obs, next_obs
+
+    def gather(self, obs_keys: np.ndarray, next_keys: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``obs`` and ``next_obs`` of valid slots, as views of one new array: two large arrays freed together let
+        glibc trim the heap and page-fault it back on every sample, 5x slower for Atari batches."""
+        both = np.empty((2, len(slots), *self.key_shape), dtype=self.key_dtype)
+        np.take(obs_keys, slots, axis=0, out=both[0], mode="clip")  # "clip": no buffered copy; slots are valid
+        np.take(next_keys, slots, axis=0, out=both[1], mode="clip")
+        return both[0], both[1]
+
+    def written(self, count: int) -> None:
+        """The buffer wrote ``count`` transitions (overwriting as many of the oldest once full)."""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held besides the buffer's key arrays."""
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class FrameStore(ObservationStore):
+    """Stacked image observations ``(stack, *frame)`` with each frame stored once in a pool of frames.
+
+    The key of an observation is the pool slots of its ``stack`` frames. Each environment's ``obs`` is compared
+    with its previous ``next_obs`` (equal: same key) and each ``next_obs`` with its ``obs`` (shifted by one frame:
+    one new frame). Anything else is stored as new frames, equal neighbours sharing one (the reset padding of
+    ``FrameStackObservation``): resets, a stack that is not reset with the episode (the old frames are shared
+    too), or a stream that is no frame stack at all. Sharing is decided by comparing contents (~50 KB of
+    compares per Atari step), so decoded observations are always exactly those added; a frame stack only makes
+    it cheap: one frame per step, plus one per episode for its reset observation.
+
+    Slots are recycled oldest first. A frame is last used by keys made while the buffer had written ``K``
+    transitions (``last_use = K``); a transition written as number k refers only to keys made while
+    ``K > k - num_envs * n_step**2`` (its observation is at most ``n_step - 1`` adds old and one add writes at
+    most ``num_envs * n_step``), so once ``K - capacity`` transitions are overwritten a frame with
+    ``last_use <= K - capacity - num_envs * n_step**2`` is free: no stored transition, pending window or previous
+    observation can refer to it. Slots sit in a FIFO queue in order of use; when the oldest is still in use the
+    pool takes a never used slot, so the frames in use track the need (``capacity * (1 + 1/L)`` for episodes of
+    L steps) while the unused tail of the preallocated pool stays virtual memory.
+    """
+
+    def __init__(
+        self, stack: int, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype, num_envs: int, n_step: int
+    ) -> None:
+        if stack < 1 or len(obs_shape) < 2 or obs_shape[0] != stack or np.dtype(obs_dtype) != np.uint8:
+            raise GbmrError(
+                f"frame_stack={stack} needs uint8 observations stacked on their first axis, shape ({stack}, ...); "
+                f"got {np.dtype(obs_dtype)} {tuple(obs_shape)} (set frame_stack to the stack size, or 0 to store "
+                "whole observations)"
+            )
+        super().__init__((stack,), np.int32)
+        self.frame_stack = stack
+        self.capacity = capacity
+        self.margin = num_envs * n_step * n_step
+        pool = capacity + capacity // 8 + num_envs * (n_step * n_step + 2 * stack)
+        self.frames = np.zeros((pool, *obs_shape[1:]), dtype=np.uint8)  # calloc: unused slots stay virtual
+        self.last_use = np.full(pool, NEVER, dtype=np.int64)
+        self.queue = np.zeros(pool, dtype=np.int32)  # ring of the used slots, oldest use first
+        self.head = 0
+        self.used = 0  # slots ever used: 0..used-1, all in the queue
+        self.emitted = 0
+        self.prev_keys = np.zeros((num_envs, stack), dtype=np.int32)  # each environment's last next_obs
+        self.started = False
+
+    def encode(self, obs: np.ndarray, next_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        obs, next_obs = np.asarray(obs), np.asarray(next_obs)
+        rows = len(obs)
+        if not self.started:
+            obs_keys, self.started = self._chain(obs, obs, self.prev_keys, np.zeros(rows, dtype=bool), False), True
+        else:
+            base = self.frames[self.prev_keys]
+            same = _rows_equal(obs, base)
+            obs_keys = self.prev_keys if same.all() else self._chain(obs, base, self.prev_keys, same, True)
+        next_keys = self._chain(next_obs, obs, obs_keys, np.zeros(rows, dtype=bool), True)
+        self.last_use[obs_keys] = self.emitted
+        self.last_use[next_keys] = self.emitted
+        self.prev_keys = next_keys
+        return obs_keys, next_keys
+
+    def gather(self, obs_keys: np.ndarray, next_keys: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        both = self.frames[np.stack((obs_keys[slots], next_keys[slots]))]
+        return both[0], both[1]
+
+    def written(self, count: int) -> None:
+        self.emitted += count
+
+    def _chain(
+        self, obs: np.ndarray, base: np.ndarray, base_keys: np.ndarray, same: np.ndarray, shift: bool
+    ) -> np.ndarray:
+        """Keys of ``obs``: rows marked ``same`` as their base take its key; if ``shift``, rows that are their base
+        shifted by one frame take all but its oldest frame plus one new frame; the other rows are new frames."""
+        shifted = np.zeros_like(same)
+        if shift:
+            if same.any():
+                shifted[~same] = _rows_equal(obs[~same, :-1], base[~same, 1:])
+            else:
+                shifted = _rows_equal(obs[:, :-1], base[:, 1:])
+            if shifted.all():  # the common step: one new frame per environment
+                return np.concatenate((base_keys[:, 1:], self._store(obs[:, -1])[:, None]), axis=1)
+        keys = np.empty_like(base_keys)
+        keys[same] = base_keys[same]
+        keys[shifted, :-1] = base_keys[shifted, 1:]
+        new = ~(same | shifted)
+        stored = np.zeros(obs.shape[:2], dtype=bool)  # the frames written, a frame equal to its left one shares it
+        stored[shifted, -1] = True
+        stored[new, 0] = True
+        stored[new, 1:] = ~_rows_equal(obs[new, 1:], obs[new, :-1], axes=2)
+        written = stored | new[:, None]  # frames with a slot of their own or sharing their left one's
+        slots = self._store(obs[stored])
+        keys[written] = slots[np.cumsum(stored[written]) - 1]
+        return keys
+
+    def _store(self, frames: np.ndarray) -> np.ndarray:
+        """Write frames to free slots: the oldest used slots while they are free, then never used ones."""
+        count, pool = len(frames), len(self.frames)
+        oldest = self.queue.take(np.arange(self.head, self.head + min(count, self.used)), mode="wrap")
+        free = self.last_use[oldest] <= self.emitted - self.capacity - self.margin
+        slots = oldest if free.all() else oldest[: int(free.argmin())]
+        new = count - len(slots)
+        if new:
+            if self.used + new > pool:
+                self._grow(self.used + new)
+                pool = len(self.frames)
+            slots = np.concatenate((slots, np.arange(self.used, self.used + new, dtype=np.int32)))
+        # The reused slots leave the front of the queue; all go to its back.
+        self.queue.put(np.arange(self.head + self.used, self.head + self.used + count), slots, mode="wrap")
+        self.head = (self.head + count - new) % pool
+        self.used += new
+        self.last_use[slots] = self.emitted
+        self.frames[slots] = frames
+        return slots
+
+    def _grow(self, needed: int) -> None:
+        """Reallocate the pool bigger (episodes much shorter than 8 steps); slots keep their numbers."""
+        pool = max(needed, len(self.frames) + len(self.frames) // 8)
+        frames = np.zeros((pool, *self.frames.shape[1:]), dtype=np.uint8)
+        frames[: self.used] = self.frames[: self.used]
+        last_use = np.full(pool, NEVER, dtype=np.int64)
+        last_use[: self.used] = self.last_use[: self.used]
+        queue = np.zeros(pool, dtype=np.int32)
+        queue[: self.used] = self._queued()
+        self.frames, self.last_use, self.queue, self.head = frames, last_use, queue, 0
+
+    def _queued(self) -> np.ndarray:
+        """The used slots, oldest use first."""
+        return self.queue[(self.head + np.arange(self.used)) % len(self.queue)]
+
+    @property
+    def nbytes(self) -> int:
+        """The frames in use and the per-slot bookkeeping: slots never used are never touched."""
+        return self.used * (self.frames[0].nbytes + self.last_use.itemsize + self.queue.itemsize)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Only the slots ever used: the pool's tail holds nothing."""
+        used = slice(0, self.used)
+        return {
+            "pool": len(self.frames),
+            "frames": self.frames[used],
+            "last_use": self.last_use[used],
+            "queue": self._queued(),
+            "emitted": self.emitted,
+            "prev_keys": self.prev_keys,
+            "started": self.started,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.used = len(state["frames"])
+        if int(state["pool"]) != len(self.frames):
+            self.frames = np.zeros((int(state["pool"]), *self.frames.shape[1:]), dtype=np.uint8)
+            self.queue = np.zeros(len(self.frames), dtype=np.int32)
+        self.frames[: self.used] = state["frames"]
+        self.last_use = np.full(len(self.frames), NEVER, dtype=np.int64)
+        self.last_use[: self.used] = state["last_use"]
+        self.queue[: self.used] = state["queue"]
+        self.head = 0
+        self.emitted = int(state["emitted"])
+        self.prev_keys = state["prev_keys"].astype(np.int32)
+        self.started = bool(state["started"])
+
+
+def _rows_equal(a: np.ndarray, b: np.ndarray, axes: int = 1) -> np.ndarray:
+    """Whether ``a`` and ``b`` are equal over all but their first ``axes`` axes."""
+    return (a == b).all(axis=tuple(range(axes, a.ndim)))
+
+
 class ReplayBuffer:
-    """Uniform n-step replay over a ring of ``capacity`` transitions."""
+    """Uniform n-step replay over a ring of ``capacity`` transitions.
+
+    ``frame_stack > 0`` keeps observations in a ``FrameStore`` (uint8 stacks of that many frames on axis 0).
+    """
 
     def __init__(
         self,
@@ -137,6 +351,7 @@ class ReplayBuffer:
         n_step: int = 1,
         gamma: float = 0.99,
         seed: int = 0,
+        frame_stack: int = 0,
     ) -> None:
         if n_step < 1 or num_envs < 1:
             raise GbmrError(f"n_step and num_envs must be >= 1, got n_step={n_step}, num_envs={num_envs}")
@@ -145,15 +360,24 @@ class ReplayBuffer:
             raise GbmrError(f"replay capacity {capacity} must be >= num_envs * n_step = {num_envs * n_step}")
         if not 0.0 <= gamma <= 1.0:
             raise GbmrError(f"gamma must be in [0, 1], got {gamma}")
+        if frame_stack < 0:
+            raise GbmrError(f"frame_stack must be >= 0 (0 = whole observations), got {frame_stack}")
         self.capacity = capacity
         self.obs_shape = tuple(obs_shape)
         self.num_envs = num_envs
         self.n_step = n_step
         self.gamma = gamma
         self.rng = np.random.default_rng(seed)
+        self.store = (
+            FrameStore(frame_stack, capacity, self.obs_shape, obs_dtype, num_envs, n_step)
+            if frame_stack
+            else ObservationStore(self.obs_shape, obs_dtype)
+        )
+        key_shape, key_dtype = self.store.key_shape, self.store.key_dtype
 
-        self.obs = np.zeros((capacity, *self.obs_shape), dtype=obs_dtype)
-        self.next_obs = np.zeros((capacity, *self.obs_shape), dtype=obs_dtype)  # calloc: pages stay lazy
+        # Keys of the observations (the observations themselves unless frames are shared).
+        self.obs = np.zeros((capacity, *key_shape), dtype=key_dtype)
+        self.next_obs = np.zeros((capacity, *key_shape), dtype=key_dtype)  # calloc: pages stay lazy
         self.actions = np.zeros((capacity, *action_shape), dtype=action_dtype)
         self.returns = np.zeros(capacity, dtype=np.float32)
         self.discounts = np.zeros(capacity, dtype=np.float32)
@@ -162,7 +386,7 @@ class ReplayBuffer:
 
         # Pending n-step windows. Every environment steps on every add, so all windows share one ring
         # position: a step goes to column win_slot; an environment's pending steps are its last win_count.
-        self.win_obs = np.zeros((num_envs, n_step, *self.obs_shape), dtype=obs_dtype)
+        self.win_obs = np.zeros((num_envs, n_step, *key_shape), dtype=key_dtype)
         self.win_actions = np.zeros((num_envs, n_step, *action_shape), dtype=action_dtype)
         self.win_rewards = np.zeros((num_envs, n_step), dtype=np.float64)
         self.win_count = np.zeros(num_envs, dtype=np.int64)
@@ -188,6 +412,7 @@ class ReplayBuffer:
         truncated: np.ndarray,
     ) -> None:
         """Record one vector step; ``next_obs`` is the true final observation for environments that ended."""
+        obs, next_obs = self.store.encode(obs, next_obs)
         terminated = np.asarray(terminated, dtype=bool)
         if self.n_step == 1:  # every step is a whole window: store it as it comes, in environment order
             discounts = np.where(terminated, 0.0, self.gamma)
@@ -253,21 +478,36 @@ class ReplayBuffer:
         self.discounts[rows] = discounts
         self.ptr = (start + count) % self.capacity
         self.size = min(self.size + count, self.capacity)
+        self.store.written(count)
         self._on_write(slots)
 
     def sample(self, batch_size: int) -> Batch:
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        indices, weights = self._sample_indices(batch_size)
+        return self.transitions(*self._sample_indices(batch_size))
+
+    def transitions(self, indices: np.ndarray, weights: np.ndarray | None = None) -> Batch:
+        """The transitions in the given slots (weights default to ones), as ``sample`` returns them."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and not 0 <= indices.min() <= indices.max() < self.size:
+            raise IndexError(f"replay slots must be in [0, {self.size})")
+        obs, next_obs = self.store.gather(self.obs, self.next_obs, indices)
         return Batch(
-            obs=self.obs[indices],
+            obs=obs,
             actions=self.actions[indices],
             returns=self.returns[indices],
-            next_obs=self.next_obs[indices],
+            next_obs=next_obs,
             discounts=self.discounts[indices],
             indices=indices,
-            weights=weights,
+            weights=np.ones(len(indices), dtype=np.float32) if weights is None else weights,
         )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the per-slot arrays plus what the observation store holds (the frames in use), windows and
+        priorities aside."""
+        arrays = (self.obs, self.next_obs, self.actions, self.returns, self.discounts)
+        return sum(a.nbytes for a in arrays) + self.store.nbytes
 
     def _sample_indices(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         indices = self.rng.integers(0, self.size, size=batch_size, dtype=np.int64)
@@ -277,7 +517,7 @@ class ReplayBuffer:
         """Hook for subclasses that track per-slot data (priorities)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Filled storage, pointers, pending n-step windows and RNG, as tensors and plain values.
+        """Filled storage, pointers, pending n-step windows, observation store and RNG, as tensors and plain values.
 
         Like ``nn.Module.state_dict`` the tensors share memory with the buffer (copying gigabytes of frames
         per checkpoint would hurt): save it before adding more.
@@ -288,6 +528,7 @@ class ReplayBuffer:
                 "capacity": self.capacity,
                 "num_envs": self.num_envs,
                 "n_step": self.n_step,
+                "frame_stack": self.store.frame_stack,
                 "ptr": self.ptr,
                 "size": self.size,
                 "obs": self.obs[stored],
@@ -300,14 +541,20 @@ class ReplayBuffer:
                 "win_rewards": self.win_rewards,
                 "win_count": self.win_count,
                 "win_slot": self.win_slot,
+                "store": self.store.state_dict(),
                 "rng": rng_state(self.rng),
             }
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = to_numpy(state)
-        layout = {"capacity": self.capacity, "num_envs": self.num_envs, "n_step": self.n_step}
-        saved = {key: state[key] for key in layout}
+        layout = {
+            "capacity": self.capacity,
+            "num_envs": self.num_envs,
+            "n_step": self.n_step,
+            "frame_stack": self.store.frame_stack,
+        }
+        saved = {key: state.get(key, 0) for key in layout}  # checkpoints before frame sharing lack frame_stack
         if saved != layout:
             raise GbmrError(f"replay state of {saved} does not fit this buffer ({layout})")
         self.ptr, self.size = int(state["ptr"]), int(state["size"])
@@ -316,6 +563,7 @@ class ReplayBuffer:
         for name in ("win_obs", "win_actions", "win_rewards", "win_count"):
             getattr(self, name)[...] = state[name]
         self.win_slot = int(state["win_slot"])
+        self.store.load_state_dict(state.get("store", {}))
         set_rng_state(self.rng, state["rng"])
 
 
@@ -336,9 +584,10 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         alpha: float = 0.6,
         eps: float = 1e-6,
         beta: float = 0.4,
+        frame_stack: int = 0,
     ) -> None:
         super().__init__(
-            capacity, obs_shape, obs_dtype, action_shape, action_dtype, num_envs, n_step, gamma, seed
+            capacity, obs_shape, obs_dtype, action_shape, action_dtype, num_envs, n_step, gamma, seed, frame_stack
         )
         self.alpha = alpha
         self.eps = eps
