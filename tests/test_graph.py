@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import gbmr.memory.graph as graph_module
 from gbmr.errors import GbmrError
+from gbmr.memory import radius as radius_module
 from gbmr.memory.graph import MemoryGraph
+from gbmr.memory.radius import RadiusGrid
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -237,17 +238,17 @@ def test_lru_eviction_removes_the_node_and_its_edges():
     check_invariants(g)
 
 
-@pytest.mark.parametrize("layout", ["joint", "per_action"])
-@pytest.mark.parametrize("candidates", [2, 32])
-def test_write_matches_naive_sequential_writer(layout, candidates, monkeypatch):
-    """Batched search + touched-node bookkeeping == one-step-at-a-time exhaustive search, including merges
-    into nodes moved earlier in the episode, evictions, and (capacity < episode) in-episode evictions."""
-    monkeypatch.setattr(graph_module, "_CANDIDATES", candidates)
+@pytest.mark.parametrize(("layout", "dist_th"), [("joint", 0.6), ("per_action", 0.6), ("joint", 0.0),
+                                                  ("joint", math.inf)])
+def test_write_matches_naive_sequential_writer(layout, dist_th):
+    """Grid search + recency lists == one-step-at-a-time exhaustive search, including merges into nodes moved
+    earlier in the episode, evictions, (capacity < episode) in-episode evictions and the grid's refits; also
+    with dist_th 0 (never merge) and inf (always merge: searched without the grid)."""
     rng = np.random.default_rng(1)
     capacity = 25
-    g = MemoryGraph(dim=3, capacity=capacity, num_actions=2, layout=layout, dist_th=0.6, eta=0.1,
+    g = MemoryGraph(dim=3, capacity=capacity, num_actions=2, layout=layout, dist_th=dist_th, eta=0.1,
                     edge_capacity=10_000)  # the naive writer has no edge capacity
-    naive = NaiveGraph(3, capacity, 2, layout, 0.6, 0.1)
+    naive = NaiveGraph(3, capacity, 2, layout, dist_th, 0.1)
     for _ in range(30):
         episode = random_episode(rng, int(rng.integers(1, 60)), 3, 2, scale=0.25)
         np.testing.assert_array_equal(g.write_episode(*episode), naive.write(*episode))
@@ -259,6 +260,78 @@ def test_write_matches_naive_sequential_writer(layout, candidates, monkeypatch):
     assert set(ours) == set(naive.edges)
     for key, (w, r, v) in naive.edges.items():
         np.testing.assert_allclose(ours[key], (w, r, v), rtol=1e-12)
+
+
+def brute_nearest(keys: np.ndarray, ids: np.ndarray, query: np.ndarray) -> tuple[int, float]:
+    """The nearest of `ids` to `query` by numpy's exact float64 distance, ties to the lowest id."""
+    if ids.size == 0:
+        return -1, math.inf
+    d2 = ((keys[ids].astype(np.float64) - query.astype(np.float64)) ** 2).sum(1)
+    return int(ids[np.argmin(d2)]), float(d2.min())  # ids ascending: argmin takes the lowest tied id
+
+
+def check_grid(grid: RadiusGrid, alive: np.ndarray, queries: np.ndarray) -> int:
+    """Within the radius the grid finds exactly the brute-force nearest node of each table; beyond it, nothing
+    closer than the radius. Returns how many queries had a node within the radius."""
+    within = 0
+    for table in range(grid.num_tables):
+        lo = table * grid.capacity
+        ids = np.flatnonzero(alive[lo:lo + grid.capacity]) + lo
+        got_ids, got_d2 = grid.nearest(queries, table, alive)
+        for q, got, d2 in zip(queries, got_ids.tolist(), got_d2.tolist(), strict=True):
+            best, best_d2 = brute_nearest(grid.keys, ids, q)
+            if math.sqrt(best_d2) < grid.radius:
+                assert (got, d2) == (best, best_d2)
+                within += 1
+            else:
+                assert math.sqrt(d2) >= grid.radius and (got < 0 or lo <= got < lo + grid.capacity)
+    return within
+
+
+@pytest.mark.parametrize("dim", [2, 5])
+def test_radius_grid_agrees_with_brute_force(dim):
+    """Random inserts, key moves (small and large) and removals in two tables, with refits on the way: the
+    grid always finds the exact nearest node within its radius, ties included (duplicated keys)."""
+    rng = np.random.default_rng(11)
+    capacity, tables, radius = 300, 2, 0.4
+    keys = np.zeros((tables * capacity + 2, dim), dtype=np.float32)
+    alive = np.zeros(len(keys), dtype=bool)
+    grid = RadiusGrid(keys, radius, capacity, tables)
+    centres = rng.normal(0, 3, (6, dim))  # clustered keys: many queries have neighbours within the radius
+    within = 0
+    for _ in range(30):
+        free = np.flatnonzero(~alive[: tables * capacity])
+        for v in rng.choice(free, min(40, free.size), replace=False).tolist():
+            keys[v] = centres[rng.integers(6)] + rng.normal(0, 0.5, dim)
+            if rng.random() < 0.1 and alive[:tables * capacity].any():  # a duplicate of a key of the table
+                same = np.flatnonzero(alive[v // capacity * capacity:(v // capacity + 1) * capacity])
+                if same.size:
+                    keys[v] = keys[same[0] + v // capacity * capacity]
+            alive[v] = True
+            radius_module.grid_add(v, keys[v], grid.arrays)
+        used = np.flatnonzero(alive[: tables * capacity])
+        for v in rng.choice(used, 30, replace=False).tolist():
+            keys[v] += rng.normal(0, 0.05 if rng.random() < 0.8 else 2.0, dim).astype(np.float32)
+            radius_module.grid_move(v, keys[v], grid.arrays)
+        for v in rng.choice(used, 25, replace=False).tolist():
+            alive[v] = False
+            radius_module.grid_remove(v, grid.arrays)
+        grid.refit_due()
+        queries = np.concatenate([keys[rng.choice(np.flatnonzero(alive), 10)] + rng.normal(0, 0.2, (10, dim)),
+                                  rng.normal(0, 3, (5, dim))]).astype(np.float32)
+        within += check_grid(grid, alive, queries)
+    assert within > 100  # the test exercised merges, not only misses
+    assert (grid.stats[1] > 0).all()  # both tables were refitted
+    grid.rebuild(alive)  # from the keys alone (after loading a state): the same answers
+    check_grid(grid, alive, rng.normal(0, 3, (50, dim)).astype(np.float32))
+
+
+def test_write_ties_go_to_the_lowest_id():
+    g = MemoryGraph(dim=2, capacity=10, num_actions=1, dist_th=1.5)
+    g.add_nodes(np.array([[0.0, -1.0], [1.0, 0.0]]))
+    g.add_nodes(np.array([[-1.0, 0.0], [0.0, 1.0]]))  # in other cubes, filed later
+    ids = g.write_episode(np.zeros((2, 2)), np.zeros(2, int), np.zeros(2), np.zeros(2))  # all at distance 1
+    assert ids.tolist() == [0, 0] and g.node_visits[:4].tolist() == [3, 1, 1, 1]
 
 
 @pytest.mark.parametrize("layout", ["joint", "per_action"])
@@ -313,7 +386,9 @@ def round_trip(state: dict) -> dict:
 
 
 def check_index(g: MemoryGraph) -> None:
-    """Each table's index holds exactly its alive nodes, at most tolerance * dist_th from their true keys."""
+    """Each table's index holds exactly its alive nodes, at most tolerance * dist_th from their true keys,
+    once it has taken in the latest writes (as it does before every search)."""
+    g._flush_index()
     for t, index in enumerate(g._indexes):
         lo = t * g.capacity
         alive = g.node_alive[lo:lo + g.capacity]
@@ -327,6 +402,25 @@ def check_index(g: MemoryGraph) -> None:
 def write_random(g: MemoryGraph, seed: int, episodes: int, T: int = 40) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [g.write_episode(*random_episode(rng, T, g.dim, g.num_actions)) for _ in range(episodes)]
+
+
+def test_state_dict_round_trip_continues_evictions_and_merges_identically():
+    """The recency lists and the grid are not saved: rebuilt from the keys and stamps, they give the same
+    victims and merges (per-action tables, full, so every insert evicts)."""
+    make = dict(dim=3, capacity=30, num_actions=2, layout="per_action", dist_th=0.5, edge_capacity=200)
+    g = MemoryGraph(**make)
+    write_random(g, 12, 20, T=25)
+    h = MemoryGraph(**make)
+    h.load_state_dict(round_trip(g.state_dict()))
+    assert h.num_nodes == 60
+    for a, b in zip(write_random(g, 13, 10, T=25), write_random(h, 13, 10, T=25), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(g.node_keys, h.node_keys)
+    np.testing.assert_array_equal(g.node_last_used, h.node_last_used)
+    assert edge_table(g) == edge_table(h)
+    check_invariants(h)
+    queries = np.random.default_rng(14).normal(size=(40, 3)).astype(np.float32) * 2
+    assert check_grid(h._grid, h.node_alive, queries) > 0
 
 
 @pytest.mark.parametrize("layout", ["joint", "per_action"])
@@ -350,7 +444,10 @@ def test_index_tolerance_bounds_the_read_error():
     """With a tolerance the index holds keys up to tau = tolerance * dist_th old: each returned neighbour is
     alive, the returned k-th distance is at most 2 tau beyond the true k-th, and most keys are stale."""
     g = MemoryGraph(dim=3, capacity=80, num_actions=2, dist_th=0.8, index_tolerance=0.5)
-    write_random(g, 6, 40, T=30)
+    rng = np.random.default_rng(6)
+    for _ in range(40):  # a read between episodes, as an agent acts: the index takes in each episode's writes
+        g.write_episode(*random_episode(rng, 30, 3, 2))
+        g.read(np.zeros((1, 3)), k=1)
     check_invariants(g)
     check_index(g)
     assert (g._drift[g.alive_nodes()] > 0).sum() > 10  # the tolerance was used
@@ -439,10 +536,12 @@ def test_backup_paths_matches_python_oracle(node_value):
 # ---------------------------------------------------------------------------- paths
 
 
-def test_shortest_paths_agree_with_networkx():
+@pytest.mark.parametrize(("n", "m", "every"), [(40, 90, 4), (100, 250, 1)])
+def test_shortest_paths_agree_with_networkx(n, m, every):
+    """Same pairs and lengths as networkx BFS; 100 critical nodes take two passes of the 64-wide search."""
     for seed in range(3):
-        g = random_graph(seed, n=40, m=90)
-        crit = g.alive_nodes()[::4]
+        g = random_graph(seed, n=n, m=m)
+        crit = g.alive_nodes()[::every]
         paths = g.reconstruct_paths(crit)
         digraph = nx.DiGraph(g.to_networkx())
         found = {}

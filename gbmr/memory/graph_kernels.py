@@ -6,7 +6,13 @@ touch ~50 nodes: per-step Python and many tiny numpy calls dominated both. These
 the kernels take it as two tuples of arrays, see ``MemoryGraph._node_arrays`` and ``MemoryGraph._edge_arrays``:
 
 - nodes: ``(keys f32 [n, d], visits, last_used, alive, free [tables, cap], num_free [tables], drift f64,
-  capacity)``
+  capacity, lru [2, n] = older newer, lru_ends [2, tables] = oldest newest, dirty [n] bool, dirty_ids [n],
+  dirty_count [1], grid)``; ``grid`` is the ``RadiusGrid`` tuple (``gbmr.memory.radius``).
+
+Per table, the alive nodes form a doubly linked list in (last_used, id) order: a write stamps its node with a
+clock later than every stamp, so it moves to the newest end, and the least recently used node is the oldest
+end. Every node whose key or aliveness changes is recorded once in ``dirty_ids`` (the search index of the
+reads is brought up to date from it before the next search).
 - edges: ``(ints [5, e] = src dst action visits last_used, floats [2, e] = reward weight, alive,
   links [4, e] = out_next out_prev in_next in_prev, heads [2, n] = out_head in_head, table, free, num_free [1],
   n_slots, num_actions)``
@@ -14,9 +20,6 @@ the kernels take it as two tuples of arrays, see ``MemoryGraph._node_arrays`` an
 ``table`` is the (src, dst, action) -> edge lookup: open addressing with linear probing over edge ids (the key
 is read back from the edge arrays, so the table is one int64 array; deletion shifts entries back instead of
 leaving tombstones), power-of-two size >= 1.5 x edge capacity.
-
-Squared distances are summed in numpy's pairwise order (``_pairwise``), so that they equal ``(x * x).sum(-1)``
-bit for bit and the numpy oracles of the tests and benchmarks agree exactly.
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ import math
 import numpy as np
 from numba import njit
 
+from gbmr.memory.radius import grid_add, grid_move, grid_nearest, grid_remove, sqdist
+
 SRC, DST, ACT, VIS, LAST = range(5)  # rows of the edge int array
 REW, WEIGHT = range(2)  # rows of the edge float array
 ONEXT, OPREV, INEXT, IPREV = range(4)  # rows of the edge link array
 OUT, IN = range(2)  # rows of the node head array
 _MIX = np.uint64(0x9E3779B97F4A7C15)
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)  # the index of a single set bit, by a de Bruijn sequence
+_BIT = np.zeros(64, dtype=np.int64)
+_BIT[[((1 << i) * int(_DEBRUIJN) % 2**64) >> 58 for i in range(64)]] = np.arange(64)
 
 
 def table_size(edge_capacity: int) -> int:
@@ -40,97 +48,25 @@ def table_size(edge_capacity: int) -> int:
 
 # ------------------------------------------------------------------ distances
 @njit(cache=True)
-def _block(a, lo, n):
-    """numpy's pairwise sum of a[lo:lo+n] for n <= 128: 8 accumulators, same rounding."""
-    if n < 8:
-        res = a[lo]
-        for i in range(1, n):
-            res += a[lo + i]
-        return res
-    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-    i = 8
-    while i < n - n % 8:
-        j = lo + i
-        r0 += a[j]
-        r1 += a[j + 1]
-        r2 += a[j + 2]
-        r3 += a[j + 3]
-        r4 += a[j + 4]
-        r5 += a[j + 5]
-        r6 += a[j + 6]
-        r7 += a[j + 7]
-        i += 8
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        res += a[lo + i]
-        i += 1
-    return res
-
-
-@njit(cache=True)
-def _half(n):
-    """Where numpy splits a pairwise sum of n > 128 terms."""
-    half = n // 2
-    return half - half % 8
-
-
-# numpy recurses; numba's cache cannot load recursive functions, so the recursion is unrolled to 3 levels
-# (exact up to 512 terms; longer sums add 128-term blocks left to right, within an ulp or so of numpy)
-@njit(cache=True)
-def _pairwise3(a, lo, n):
-    if n <= 128:
-        return _block(a, lo, n)
-    res = 0.0
-    for start in range(lo, lo + n, 128):
-        res += _block(a, start, min(128, lo + n - start))
-    return res
-
-
-@njit(cache=True)
-def _pairwise2(a, lo, n):
-    if n <= 128:
-        return _block(a, lo, n)
-    h = _half(n)
-    return _pairwise3(a, lo, h) + _pairwise3(a, lo + h, n - h)
-
-
-@njit(cache=True)
-def _pairwise(a, lo, n):
-    if n <= 128:
-        return _block(a, lo, n)
-    h = _half(n)
-    return _pairwise2(a, lo, h) + _pairwise2(a, lo + h, n - h)
-
-
-@njit(cache=True)
-def _sqdist(key, h64, buf):
-    """||float64(key) - h64||^2 as numpy computes it; `buf` is scratch of length dim."""
-    for j in range(h64.size):
-        x = np.float64(key[j]) - h64[j]
-        buf[j] = x * x
-    return _pairwise(buf, 0, h64.size)
-
-
-@njit(cache=True)
 def rerank(queries, cand, keys):
-    """Exact float64 squared distances of candidate ids (-1: inf) to each query, ascending (stable)."""
+    """Exact float64 squared distances of candidate ids (-1: inf) to each query, ascending (stable: an
+    insertion sort, k is small)."""
     B, k = cand.shape
     ids = np.empty((B, k), dtype=np.int64)
     d2 = np.empty((B, k))
     buf = np.empty(queries.shape[1])
     h64 = np.empty(queries.shape[1])
-    row = np.empty(k)
     for b in range(B):
         for j in range(queries.shape[1]):
             h64[j] = np.float64(queries[b, j])
         for j in range(k):
             c = cand[b, j]
-            row[j] = _sqdist(keys[c], h64, buf) if c >= 0 else np.inf
-        order = np.argsort(row, kind="mergesort")
-        for j in range(k):
-            ids[b, j] = cand[b, order[j]]
-            d2[b, j] = row[order[j]]
+            x = sqdist(keys[c], h64, buf) if c >= 0 else np.inf
+            i = j
+            while i > 0 and d2[b, i - 1] > x:
+                ids[b, i], d2[b, i] = ids[b, i - 1], d2[b, i - 1]
+                i -= 1
+            ids[b, i], d2[b, i] = c, x
     return ids, d2
 
 
@@ -263,6 +199,43 @@ def add_edges(src, dst, actions, rewards, returns, clocks, eta, edges):
 
 
 @njit(cache=True)
+def _lru_unlink(v, nodes):
+    lru, ends, capacity = nodes[8], nodes[9], nodes[7]
+    older, newer = lru[0, v], lru[1, v]
+    if older >= 0:
+        lru[1, older] = newer
+    else:
+        ends[0, v // capacity] = newer
+    if newer >= 0:
+        lru[0, newer] = older
+    else:
+        ends[1, v // capacity] = older
+
+
+@njit(cache=True)
+def _lru_append(v, nodes):
+    """Make v the most recently used node of its table (v must not be listed)."""
+    lru, ends, capacity = nodes[8], nodes[9], nodes[7]
+    t = v // capacity
+    last = ends[1, t]
+    lru[0, v], lru[1, v] = last, -1
+    if last >= 0:
+        lru[1, last] = v
+    else:
+        ends[0, t] = v
+    ends[1, t] = v
+
+
+@njit(cache=True)
+def _mark_dirty(v, nodes):
+    dirty, ids, count = nodes[10], nodes[11], nodes[12]
+    if not dirty[v]:
+        dirty[v] = True
+        ids[count[0]] = v
+        count[0] += 1
+
+
+@njit(cache=True)
 def evict_node(v, nodes, edges):
     """Remove node v and every edge into or out of it; its slot goes back on its table's free stack."""
     alive, free, num_free, capacity = nodes[3], nodes[4], nodes[5], nodes[7]
@@ -281,66 +254,51 @@ def evict_node(v, nodes, edges):
     t = v // capacity
     free[t, num_free[t]] = v
     num_free[t] += 1
+    _lru_unlink(v, nodes)
+    grid_remove(v, nodes[13])
+    _mark_dirty(v, nodes)
 
 
 @njit(cache=True)
-def evict_nodes(ids, nodes, edges):
-    for v in ids:
-        evict_node(v, nodes, edges)
+def evict_oldest(table, count, nodes, edges):
+    """Evict the `count` least recently used nodes of `table`."""
+    ends = nodes[9]
+    for _ in range(count):
+        evict_node(ends[0, table], nodes, edges)
 
 
 @njit(cache=True)
-def _oldest(table, nodes):
-    """The least recently used alive node of `table` (ties: lowest id)."""
-    last, alive, capacity = nodes[2], nodes[3], nodes[7]
-    best = -1
-    for v in range(table * capacity, (table + 1) * capacity):
-        if alive[v] and (best < 0 or last[v] < last[best]):
-            best = v
-    return best
+def place_nodes(ids, keys, clock, nodes):
+    """New nodes `ids` (free slots, ascending: equal stamps are ordered by id) with their keys, one visit."""
+    node_keys, visits, last, alive = nodes[0], nodes[1], nodes[2], nodes[3]
+    for i in range(ids.size):
+        v = ids[i]
+        for j in range(keys.shape[1]):
+            node_keys[v, j] = keys[i, j]
+        visits[v], last[v], alive[v] = 1, clock, True
+        nodes[6][v] = np.inf  # never indexed
+        _lru_append(v, nodes)
+        grid_add(v, node_keys[v], nodes[13])
+        _mark_dirty(v, nodes)
 
 
 @njit(cache=True)
-def assign_nodes(table, steps, keys, clocks, cand, cand_d2, th, lru, lru_stamp, mark, nodes, edges, out):
-    """Sequential merge-or-insert of `steps` (all in `table`), writing their node ids into `out`.
+def write_steps(tables, keys, clocks, th, nodes, edges, out):
+    """Sequential merge-or-insert of every step into the table `tables[i]`, node ids into `out`.
 
-    `cand` / `cand_d2`: per step the nearest old nodes by exact distance, ascending, searched before the episode.
-    Old nodes not touched during this episode keep their keys, so the nearest of them is the first untouched
-    candidate. Touched nodes (at most one per step; an evicted slot is refilled at once) are compared exactly
-    at each step. If all candidates were touched and the last is still closer than dist_th, an exhaustive
-    search decides (rare). `lru`: the oldest nodes with their stamps (a stamp that changed = merged since:
-    skipped). `mark` is scratch [n_slots] of -1. Returns the touched nodes in first-touch order."""
-    node_keys, visits, last, alive, free, num_free, drift, capacity = nodes
+    Each step takes the exact nearest node of its table from the grid: merge if it is closer than `th`, else
+    insert, evicting the least recently used node of a full table. A step whose node is evicted later in the
+    episode (only if a table is smaller than the episode) gets -1."""
+    node_keys, visits, last, alive, free, num_free, drift, grid = (nodes[0], nodes[1], nodes[2], nodes[3],
+                                                                   nodes[4], nodes[5], nodes[6], nodes[13])
     dim = keys.shape[1]
-    touched = np.empty(steps.size, dtype=np.int64)
-    n_touched, li = 0, 0
     h64 = np.empty(dim)
     buf = np.empty(dim)
-    for r in range(steps.size):
-        i = steps[r]
+    for i in range(tables.size):
+        table = tables[i]
         for j in range(dim):
             h64[j] = np.float64(keys[i, j])
-        best, best_d2 = -1, np.inf
-        exhausted = True
-        for c_idx in range(cand.shape[1]):
-            c = cand[r, c_idx]
-            if c < 0:
-                exhausted = False
-                break
-            if mark[c] < 0:  # untouched: its key and distance are as precomputed
-                best, best_d2 = c, cand_d2[r, c_idx]
-                exhausted = False
-                break
-        if exhausted and cand.shape[1] > 0 and math.sqrt(cand_d2[r, cand.shape[1] - 1]) < th:
-            for v in range(table * capacity, (table + 1) * capacity):
-                if alive[v]:
-                    d2 = _sqdist(node_keys[v], h64, buf)
-                    if d2 < best_d2:
-                        best, best_d2 = v, d2
-        for t in range(n_touched):
-            d2 = _sqdist(node_keys[touched[t]], h64, buf)
-            if d2 < best_d2:
-                best, best_d2 = touched[t], d2
+        best, best_d2 = grid_nearest(h64, table, node_keys, alive, grid, buf)
         d = math.sqrt(best_d2)
         if d < th:  # merge: slow key drift towards the new state
             moved = 0.0
@@ -350,35 +308,28 @@ def assign_nodes(table, steps, keys, clocks, cand, cand_d2, th, lru, lru_stamp, 
                 moved += (np.float64(node_keys[best, j]) - np.float64(old)) ** 2
             drift[best] += math.sqrt(moved)
             visits[best] += 1
+            grid_move(best, node_keys[best], grid)
+            _lru_unlink(best, nodes)
         else:
             if num_free[table] == 0:
-                victim = -1
-                while li < lru.size and victim < 0:
-                    c = lru[li]
-                    if alive[c] and last[c] == lru_stamp[li]:
-                        victim = c
-                    li += 1
-                if victim < 0:  # the list ran out (merges touched some of it): ask again
-                    victim = _oldest(table, nodes)
-                    for j in range(out.size):  # only if the table is smaller than the episode
+                victim = nodes[9][0, table]
+                if last[victim] >= clocks[0]:  # written earlier in this episode
+                    for j in range(i):
                         if out[j] == victim:
                             out[j] = -1
                 evict_node(victim, nodes, edges)
             num_free[table] -= 1
             best = free[table, num_free[table]]
-            node_keys[best] = keys[i]
+            for j in range(dim):
+                node_keys[best, j] = keys[i, j]
             visits[best] = 1
             alive[best] = True
             drift[best] = np.inf  # never indexed
+            grid_add(best, node_keys[best], grid)
         last[best] = clocks[i]
-        if mark[best] < 0:
-            mark[best] = n_touched
-            touched[n_touched] = best
-            n_touched += 1
+        _lru_append(best, nodes)
+        _mark_dirty(best, nodes)
         out[i] = best
-    touched = touched[:n_touched]
-    mark[touched] = -1
-    return touched
 
 
 # ------------------------------------------------------------------ node values and reads
@@ -475,8 +426,9 @@ def read(queries, cand, keys, delta, edges, use_max, skip):
 def best_edges(u, v, edges):
     """For each pair, the highest-reward alive edge u -> v (any action; ties: lowest id), or -1."""
     ints, floats, links, heads = edges[0], edges[1], edges[3], edges[4]
-    out = np.full(u.size, -1, dtype=np.int64)
+    out = np.empty(u.size, dtype=np.int64)
     for i in range(u.size):
+        out[i] = -1
         e = heads[OUT, u[i]]
         while e >= 0:
             if ints[DST, e] == v[i]:
@@ -485,6 +437,62 @@ def best_edges(u, v, edges):
                     out[i] = e
             e = links[ONEXT, e]
     return out
+
+
+@njit(cache=True)
+def multi_bfs(sources, src, dst, n):
+    """Breadth-first search from every source at once over the edges src -> dst of n nodes: predecessors
+    [n, len(sources)] (int32, -1: not reached or a source), each column a BFS tree of its source.
+
+    Up to 64 searches share one pass (multi-source BFS): a node holds a bit mask of the searches that reached
+    it, and its out-edges are scanned once per level for all the searches whose frontier it is in, instead of
+    once per search. Each level scans the frontier in id order (nearby ids are often neighbours: cache hits)."""
+    indptr = np.zeros(n + 1, dtype=np.int64)  # CSR by counting sort
+    for u in src:
+        indptr[u + 1] += 1
+    for u in range(n):
+        indptr[u + 1] += indptr[u]
+    fill = indptr[:-1].copy()
+    succ = np.empty(src.size, dtype=np.int64)
+    for i in range(src.size):
+        succ[fill[src[i]]] = dst[i]
+        fill[src[i]] += 1
+    pred = np.empty((n, sources.size), dtype=np.int32)
+    for v in range(n):
+        for j in range(sources.size):
+            pred[v, j] = -1
+    seen = np.zeros(n, dtype=np.uint64)
+    front = np.zeros(n, dtype=np.uint64)
+    nxt = np.zeros(n, dtype=np.uint64)
+    for first in range(0, sources.size, 64):
+        seen[:] = 0
+        lo, hi = n, 0  # the frontier lies in [lo, hi)
+        for b in range(min(64, sources.size - first)):
+            s = sources[first + b]
+            seen[s] |= np.uint64(1) << np.uint64(b)
+            front[s] |= np.uint64(1) << np.uint64(b)
+            lo, hi = min(lo, s), max(hi, s + 1)
+        while lo < hi:
+            next_lo, next_hi = n, 0
+            for u in range(lo, hi):
+                f = front[u]
+                if f == 0:
+                    continue
+                front[u] = 0
+                for p in range(indptr[u], indptr[u + 1]):
+                    v = succ[p]
+                    new = f & ~seen[v]
+                    if new:
+                        nxt[v] |= new
+                        seen[v] |= new
+                        next_lo, next_hi = min(next_lo, v), max(next_hi, v + 1)
+                        while new:  # one bit per search, lowest first
+                            low = new & (~new + np.uint64(1))
+                            pred[v, first + _BIT[(low * _DEBRUIJN) >> np.uint64(58)]] = u
+                            new ^= low
+            front, nxt = nxt, front  # the old frontier is all zero again
+            lo, hi = next_lo, next_hi
+    return pred
 
 
 @njit(cache=True)
@@ -512,9 +520,12 @@ def sweep(iterations, gamma, eta, reference_backup, skip_dst, edges, use_max):
             pos += 1
             e = links[ONEXT, e]
     start[n_own] = pos
-    w, act, dst = floats[WEIGHT][order], ints[ACT][order], ints[DST][order]
-    vis = ints[VIS][order].astype(np.float64)
-    rew = floats[REW][order]
+    w, rew, vis = np.empty(m), np.empty(m), np.empty(m)
+    act, dst = np.empty(m, dtype=np.int64), np.empty(m, dtype=np.int64)
+    for p in range(m):  # loops, not fancy indexing: cheaper to compile
+        e = order[p]
+        w[p], rew[p], vis[p] = floats[WEIGHT, e], floats[REW, e], ints[VIS, e]
+        act[p], dst[p] = ints[ACT, e], ints[DST, e]
     values = np.zeros(n)
     q, vsum = np.empty(A), np.empty(A)
     has = np.empty(A, dtype=np.bool_)
@@ -541,7 +552,8 @@ def sweep(iterations, gamma, eta, reference_backup, skip_dst, edges, use_max):
             if dst[p] != skip_dst:
                 target = values[dst[p]] if reference_backup else rew[p] + gamma * values[dst[p]]
                 w[p] += eta * (target - w[p])
-    floats[WEIGHT][order] = w
+    for p in range(m):
+        floats[WEIGHT, order[p]] = w[p]
 
 
 @njit(cache=True)
