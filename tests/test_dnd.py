@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gbmr.memory.dnd import DND, EpisodicTable
+from gbmr.memory.dnd import DND, ActionDNDs, EpisodicTable
 
 BACKENDS = ["exact", "hnsw"]
 KEYS = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], np.float32)
@@ -146,3 +146,67 @@ def test_episodic_table_keeps_max_and_reads_match_or_mean(index: str) -> None:
     restored.load_state_dict(roundtrip(table.state_dict()))
     queries = np.random.default_rng(2).normal(size=(6, 2)).astype(np.float32)
     np.testing.assert_array_equal(restored.lookup(queries), table.lookup(queries))
+
+
+def filled_action_dnds(index: str, seed: int = 3) -> ActionDNDs:
+    rng = np.random.default_rng(seed)
+    dnds = ActionDNDs(3, 40, 4, k=5, index=index)
+    for a, n in enumerate((30, 2, 12)):  # DND 1 holds fewer than k entries
+        dnds[a].write(rng.normal(size=(n, 4)), rng.normal(size=n))
+    return dnds
+
+
+@pytest.mark.parametrize("index", BACKENDS)
+def test_action_dnds_read_every_action_as_each_dnd_does(index: str) -> None:
+    dnds = filled_action_dnds(index)
+    queries = torch.tensor(np.random.default_rng(4).normal(size=(7, 4)), dtype=torch.float32)
+    q = dnds.q_values(queries)
+    assert [d.clock for d in dnds] == [31, 3, 13]  # one tick per write + one per read
+    expected = torch.stack([dnd.lookup(queries) for dnd in dnds], dim=1)
+    torch.testing.assert_close(q, expected, rtol=1e-6, atol=1e-6)  # the kernel sums in another order
+    actions = np.array([2, 0, 1, 0, 2, 2, 1])
+    read = dnds.read(queries, actions)
+    torch.testing.assert_close(read.q, expected[torch.arange(7), torch.from_numpy(actions)], rtol=1e-6, atol=1e-6)
+    assert (read.rows[actions == 1, 2:] == -1).all() and (read.rows[actions == 1, :2] // 40 == 1).all()
+
+
+def test_action_dnds_sgd_step_is_sgd_on_the_sparse_gradients() -> None:
+    """The scatter step moves the same keys and values by the same amounts as torch's SGD on the gradients of
+    ``DND.lookup_with_neighbours`` (a neighbour shared by two queries gets both gradients)."""
+    dnds, reference = filled_action_dnds("exact"), filled_action_dnds("exact")
+    queries = torch.tensor(np.random.default_rng(4).normal(size=(6, 4)), dtype=torch.float32)
+    queries[1] = queries[0]  # same neighbours twice
+    actions = np.array([0, 0, 2, 2, 0, 1])
+    targets = torch.arange(6, dtype=torch.float32)
+    read = dnds.read(queries, actions, grad=True)
+    (targets - read.q).square().mean().backward()
+    dnds.sgd_step(read, lr=0.1)
+
+    opt = torch.optim.SGD([p for dnd in reference for p in dnd.parameters()], lr=0.1)
+    q = torch.zeros(6)
+    for a in np.unique(actions):
+        rows = torch.from_numpy(actions == a)
+        q = q.index_put((rows,), reference[a].lookup_with_neighbours(queries[rows])[0])
+    (targets - q).square().mean().backward()
+    opt.step()
+    torch.testing.assert_close(dnds.keys, reference.keys, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(dnds.values, reference.values, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(dnds.keys, filled_action_dnds("exact").keys)
+
+    # re-indexing: within the tolerance the index keeps the old keys, else it sees the moved ones
+    used = read.rows[read.rows >= 0].unique()
+    before = dnds.stack.indexed_keys(used)
+    dnds.refresh_index(read.rows, tolerance=100.0)
+    torch.testing.assert_close(dnds.stack.indexed_keys(used), before, rtol=0, atol=0)
+    dnds.refresh_index(read.rows, tolerance=1e-12)
+    torch.testing.assert_close(dnds.stack.indexed_keys(used), dnds.keys.view(-1, 4)[used], rtol=0, atol=0)
+
+
+def test_dnd_checkpoint_keeps_the_keys_the_index_has_not_seen_move() -> None:
+    dnd = filled_dnd()
+    with torch.no_grad():
+        dnd.keys[1] += 0.01  # moved by a learner step, not re-indexed (within tolerance)
+    restored = DND(8, 2, k=3)
+    restored.load_state_dict(roundtrip(dnd.state_dict()))
+    np.testing.assert_array_equal(restored.index.get(np.arange(3)), KEYS)
+    torch.testing.assert_close(restored.keys, dnd.keys, rtol=0, atol=0)

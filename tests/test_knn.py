@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gbmr.errors import GbmrError
-from gbmr.memory.knn import ExactIndex, HNSWIndex, KeyIndex, make_index
+from gbmr.memory.knn import ExactIndex, ExactIndexStack, HNSWIndex, KeyIndex, make_index
 
 BACKENDS = ["exact", "hnsw"]
 
@@ -179,3 +179,28 @@ def test_make_index_choices() -> None:
     assert make_index("hnsw", 10, 4, ef_search=77).ef_search == 77
     with pytest.raises(GbmrError, match="Did you mean 'hnsw'"):
         make_index("hnws", 10, 4)
+
+
+def test_nearest_slots_and_the_stack_find_the_same_neighbours_as_search() -> None:
+    """Unordered k-NN slots of one index and of every table of a stack at once: the sets ``search`` returns,
+    -1 past a table's stored count (table 2 holds 3 keys, table 1 none)."""
+    rng = np.random.default_rng(5)
+    stack = ExactIndexStack(3, 64, 4)
+    sizes = (40, 0, 3)
+    for table, n in zip(stack.tables, sizes, strict=True):
+        if n:
+            table.add(rng.permutation(64)[:n], rng.normal(size=(n, 4)))
+    queries = torch.tensor(rng.normal(size=(6, 4)), dtype=torch.float32)
+    together = stack.nearest_slots(queries, 5)
+    assert together.shape == (6, 3, 5)
+    for t, (table, n) in enumerate(zip(stack.tables, sizes, strict=True)):
+        _, expected = table.search(queries, 5)
+        alone = table.nearest_slots(queries, 5)
+        for b in range(6):
+            assert sorted(together[b, t].tolist()) == sorted(alone[b].tolist()) == sorted(expected[b].tolist())
+        assert (alone[:, min(n, 5):] == -1).all()
+    # a moved key is found at its new place
+    rows = torch.tensor([2 * 64 + int(np.flatnonzero(stack.tables[2].alive)[0])])
+    stack.replace(rows, queries[:1])
+    assert stack.indexed_keys(rows).tolist() == queries[:1].tolist()
+    assert (rows[0] - 2 * 64) in stack.nearest_slots(queries[:1], 1)[0, 2].tolist()

@@ -11,9 +11,12 @@ Q(s, a) = sum_i w_i v_i / sum_i w_i over the p = 50 nearest keys of DND_a, w_i =
   Keys are embedded when written, with the current encoder.
 - Learning: every ``learn_step`` steps a batch of (obs, action, R_t) from a replay ring is looked up through
   the kernel and the squared error (R_t - Q)^2 trains the encoder (RMSprop, as in the paper) and the keys and
-  values of the neighbours used (plain SGD on the DNDs' sparse gradients); the moved keys are re-indexed.
-  The replay, schedule and optimiser steps are ``ReturnLearner`` (shared with the memory-graph agents), the
-  kernel is ``kernel_lookup`` inside ``DND.lookup_with_neighbours``.
+  values of the neighbours used (plain SGD on their gradients); the moved keys are re-indexed.
+  The replay, schedule and encoder step are ``ReturnLearner`` (shared with the memory-graph agents); the DNDs
+  are ``ActionDNDs``, whose stacked storage makes a read of all actions one search and the SGD step on the
+  neighbours one scatter.
+- Speed without changing the maths: an observation embedded for a bootstrap read is not embedded again when
+  the next step acts on it, unless a learner step changed the encoder in between.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from gbmr.agents.return_learning import ReturnLearner
 from gbmr.errors import GbmrError
 from gbmr.experiment.seeding import derive_seed
 from gbmr.experiment.state import rng_state, set_rng_state, to_numpy, to_saveable
-from gbmr.memory.dnd import DND
+from gbmr.memory.dnd import ActionDNDs, DNDRead
 from gbmr.memory.episodes import n_step_returns
 from gbmr.nets.encoders import make_encoder
 
@@ -81,17 +84,11 @@ class NECAgent(Agent):
         self.encoder = make_encoder(config.encoder, observation_space, config.dim,
                                     seed=derive_seed(seed, ENCODER_STREAM), hidden=config.hidden,
                                     torso=config.torso, vae_path=config.vae_path).to(device)
-        self.dnds = [
-            DND(config.capacity, self.encoder.dim, k=config.k, delta=config.delta, alpha=config.alpha,
-                index=config.index, device=device, match_threshold=config.match_threshold)
-            for _ in range(self.num_actions)
-        ]
-        self.dnd_optimizer = (
-            torch.optim.SGD([p for dnd in self.dnds for p in dnd.parameters()], lr=config.dnd_lr)
-            if config.dnd_lr > 0 else None
-        )
-        self.learner = ReturnLearner(self.encoder, observation_space, config,
-                                     [self.dnd_optimizer] if self.dnd_optimizer is not None else [])
+        self.dnds = ActionDNDs(self.num_actions, config.capacity, self.encoder.dim, k=config.k, delta=config.delta,
+                               alpha=config.alpha, index=config.index, device=device,
+                               match_threshold=config.match_threshold)
+        self.learner = ReturnLearner(self.encoder, observation_space, config)
+        self._last_embedding: tuple[np.ndarray, torch.Tensor] | None = None  # (obs, phi(obs)), current encoder
         shape = tuple(observation_space.shape)
         # per-env window of the last steps whose returns are not known yet (a ring of n_step entries)
         n = config.n_step
@@ -107,10 +104,20 @@ class NECAgent(Agent):
         return self.encoder(torch.as_tensor(obs, device=self.device))
 
     @torch.no_grad()
+    def _embed_read(self, obs: np.ndarray) -> torch.Tensor:
+        """phi(obs) for a read, reusing the last read's embedding of the same batch (same encoder, same
+        input, same batch: the same numbers)."""
+        last = self._last_embedding
+        if last is not None and last[0].shape == obs.shape and np.array_equal(last[0], obs):
+            return last[1]
+        h = self.embed(obs)
+        self._last_embedding = (np.array(obs, copy=True), h)
+        return h
+
+    @torch.no_grad()
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q ``[B, A]`` by kernel lookup in every DND (touches their LRU clocks)."""
-        h = self.embed(obs)
-        return torch.stack([dnd.lookup(h) for dnd in self.dnds], dim=1).cpu().numpy()
+        return self.dnds.q_values(self._embed_read(obs)).cpu().numpy()
 
     def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
         if not explore:
@@ -158,10 +165,10 @@ class NECAgent(Agent):
     @torch.no_grad()
     def write(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray) -> None:
         """Append (phi(obs), R) to each action's DND (merge rule in ``DND.write``) and to the replay."""
-        keys = self.embed(obs)
+        keys = self.embed(obs).cpu().numpy()
         for a in np.unique(actions):
             mask = actions == a
-            self.dnds[a].write(keys[torch.from_numpy(mask).to(self.device)], returns[mask])
+            self.dnds[a].write(keys[mask], returns[mask])
         self.learner.replay.add(obs, actions, returns)
 
     # ------------------------------------------------------------------ learning
@@ -173,29 +180,23 @@ class NECAgent(Agent):
         memory = float(sum(len(dnd) for dnd in self.dnds))
         return {"loss": loss, "q_mean": q_mean, "epsilon": self.epsilon, "memory": memory}
 
-    def batch_loss(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray
-                   ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """Mean squared error of the kernel lookups, their Q, and the neighbour slots each DND used."""
-        h = self.embed(obs)
-        actions_t = torch.as_tensor(actions, device=self.device)
-        q = torch.zeros(len(actions), device=self.device)
-        used = []
-        for a in np.unique(actions):
-            rows = actions_t == int(a)
-            q_a, slots, _ = self.dnds[a].lookup_with_neighbours(h[rows])
-            q = q.index_put((rows,), q_a)
-            used.append(slots)
+    def batch_loss(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray) -> tuple[torch.Tensor, DNDRead]:
+        """Mean squared error of the kernel lookups, and the read (Q, neighbours; their keys and values collect
+        gradients when ``dnd_lr > 0``)."""
+        read = self.dnds.read(self.embed(obs), actions, grad=self.config.dnd_lr > 0)
         target = torch.as_tensor(returns, dtype=torch.float32, device=self.device)
-        return (target - q).square().mean(), q, used
+        return (target - read.q).square().mean(), read
 
     def learn(self, obs: np.ndarray, actions: np.ndarray, returns: np.ndarray) -> tuple[float, float]:
-        """One gradient step on a batch; moved keys are re-indexed."""
-        loss, q, used = self.batch_loss(obs, actions, returns)
+        """One gradient step on a batch: RMSprop on the encoder, SGD on the neighbours used; moved keys are
+        re-indexed."""
+        loss, read = self.batch_loss(obs, actions, returns)
         self.learner.step(loss)
-        if self.dnd_optimizer is not None:
-            for a, slots in zip(np.unique(actions), used, strict=True):
-                self.dnds[a].refresh_index(slots, tolerance=self.config.index_tolerance)
-        return loss.item(), q.mean().item()
+        self._last_embedding = None  # the encoder changed
+        if self.config.dnd_lr > 0:
+            self.dnds.sgd_step(read, self.config.dnd_lr)
+            self.dnds.refresh_index(read.rows, tolerance=self.config.index_tolerance)
+        return loss.item(), read.q.mean().item()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -211,6 +212,7 @@ class NECAgent(Agent):
         }
 
     def load_state_dict(self, state: dict) -> None:
+        self._last_embedding = None
         self.encoder.load_state_dict(state["encoder"])
         self.learner.load_state_dict(state["learner"])
         for dnd, dnd_state in zip(self.dnds, state["dnds"], strict=True):

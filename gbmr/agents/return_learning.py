@@ -4,13 +4,13 @@ agents (GQ, GBMR, GCMR, GBMR-sweep) share (GBMR.md "Encoder training").
 Every ``learn_step`` env steps (after ``learning_starts``) a batch of ``batch_size`` (obs, action, R) triples is
 drawn from a ring of the last ``replay_size`` written steps, the agent computes (R - Q_lookup(phi(obs), a))^2
 through its memory, and one optimiser step follows: RMSprop on the encoder (as NEC's paper and the GBMR
-reference code) plus any optimiser the agent adds (NEC: SGD on its DNDs' keys and values). What the lookup reads
-is the agent's business; this module owns the replay, the schedule and the steps, and their checkpoint state.
+reference code). What the lookup reads, and any update of the memory itself (NEC: SGD on the neighbours' keys and
+values), is the agent's business; this module owns the replay, the schedule and the encoder's steps, and their
+checkpoint state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -71,8 +71,7 @@ class LearnerConfig(Protocol):
 class ReturnLearner:
     """Replay, schedule and optimiser steps of return regression; the agent supplies the loss."""
 
-    def __init__(self, encoder: torch.nn.Module, observation_space: gym.spaces.Box, config: LearnerConfig,
-                 extra_optimizers: Sequence[torch.optim.Optimizer] = ()) -> None:
+    def __init__(self, encoder: torch.nn.Module, observation_space: gym.spaces.Box, config: LearnerConfig) -> None:
         self.batch_size, self.learn_step = config.batch_size, config.learn_step
         self.learning_starts = config.learning_starts
         self.replay = ReturnReplay(config.replay_size, tuple(observation_space.shape), observation_space.dtype)
@@ -81,7 +80,7 @@ class ReturnLearner:
             torch.optim.RMSprop(params, lr=config.lr, alpha=config.rmsprop_alpha, eps=config.rmsprop_eps)
             if params else None
         )
-        self.optimizers = [opt for opt in (self.encoder_optimizer, *extra_optimizers) if opt is not None]
+        self.optimizers = [self.encoder_optimizer] if self.encoder_optimizer is not None else []
         self.last_learn = 0  # env steps at the last learner step
 
     def due_batch(self, steps: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -92,7 +91,8 @@ class ReturnLearner:
         return self.replay.sample(self.batch_size, rng)
 
     def step(self, loss: torch.Tensor) -> None:
-        """One gradient step of every optimiser on ``loss``."""
+        """One gradient step of the encoder on ``loss`` (the gradients of anything else it reaches stay for the
+        caller)."""
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -12,18 +12,22 @@ writes count as use). They differ in how they merge and read:
   else the mean of the k nearest values.
 
 Entries are never removed, only overwritten, so slots ``[0, size)`` are exactly the filled ones.
+
+``ActionDNDs`` holds NEC's DNDs (one per action) on stacked storage, for batched reads across actions, the SGD
+step on the neighbours as a scatter and one re-index of the moved keys.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from gbmr.memory.kernel import kernel_lookup
-from gbmr.memory.knn import as_array, make_index
+from gbmr.memory.knn import ExactIndexStack, KeyIndex, as_array, make_index, resolve_kind
 
 WRITE_CHUNK = 1024  # keys deduplicated against each other per pass: a [chunk, chunk] distance matrix
 
@@ -31,14 +35,15 @@ WRITE_CHUNK = 1024  # keys deduplicated against each other per pass: a [chunk, c
 class _SlotTable(ABC):
     """Slots, LRU clock and the merge-or-insert write shared by the DND and the MFEC table."""
 
-    def __init__(self, capacity: int, dim: int, k: int, index: str, device: torch.device | str | None,
+    def __init__(self, capacity: int, dim: int, k: int, index: str | KeyIndex, device: torch.device | str | None,
                  match_threshold: float, index_options: dict[str, Any]):
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         self.capacity, self.dim, self.k = int(capacity), int(dim), int(k)
         self.device = torch.device(device or "cpu")
         self.match_threshold = match_threshold
-        self.index = make_index(index, capacity, dim, device=self.device, **index_options)
+        self.index = (index if isinstance(index, KeyIndex)
+                      else make_index(index, capacity, dim, device=self.device, **index_options))
         self.size = 0
         self.clock = 0  # ticks once per lookup call and once per written pair
         self.last_use = np.zeros(self.capacity, dtype=np.int64)
@@ -167,12 +172,15 @@ class DND(_SlotTable):
     """
 
     def __init__(self, capacity: int, dim: int, k: int = 50, delta: float = 1e-3, alpha: float = 0.1,
-                 index: str = "auto", device: torch.device | str | None = None, match_threshold: float = 1e-6,
-                 sparse_grad: bool = True, **index_options: Any):
+                 index: str | KeyIndex = "auto", device: torch.device | str | None = None,
+                 match_threshold: float = 1e-6, sparse_grad: bool = True,
+                 storage: tuple[torch.Tensor, torch.Tensor] | None = None, **index_options: Any):
         super().__init__(capacity, dim, k, index, device, match_threshold, index_options)
         self.delta, self.alpha, self.sparse_grad = delta, alpha, sparse_grad
-        self.keys = torch.nn.Parameter(torch.zeros(self.capacity, self.dim, device=self.device))
-        self.values = torch.nn.Parameter(torch.zeros(self.capacity, device=self.device))
+        if storage is None:  # else zero ([capacity, dim] keys, [capacity] values) views of ActionDNDs' stacks
+            storage = (torch.zeros(self.capacity, self.dim, device=self.device),
+                       torch.zeros(self.capacity, device=self.device))
+        self.keys, self.values = (torch.nn.Parameter(t) for t in storage)  # the parameters alias the storage
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [self.keys, self.values]
@@ -232,6 +240,136 @@ class DND(_SlotTable):
         self.values.zero_()
         self.keys[: self.size] = keys.to(self.device)
         self.values[: self.size] = values.to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Also the indexed keys that differ from the current ones (moved within ``refresh_index``'s
+        tolerance), so that a loaded DND chooses the same neighbours as the saved one."""
+        state = super().state_dict()
+        indexed = self.index.get(np.arange(self.size))
+        stale = np.flatnonzero((indexed != state["keys"].numpy()).any(1))
+        state["stale_slots"], state["stale_keys"] = torch.from_numpy(stale), torch.from_numpy(indexed[stale])
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "stale_slots" in state:
+            self.index.add(state["stale_slots"], state["stale_keys"])
+
+
+class DNDRead(NamedTuple):
+    """A batch read of ``ActionDNDs``: Q ``[B]``, the neighbours' flat rows ``[B, k]`` (``action * capacity +
+    slot``, -1 for none) and, for a learner step, the gathered keys ``[B, k, dim]`` and values ``[B, k]`` as
+    leaves that collect the loss's gradient (None for a read without gradient)."""
+
+    q: torch.Tensor
+    rows: torch.Tensor
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+
+
+class ActionDNDs:
+    """NEC's DNDs, one per action, over stacked ``keys [A, capacity, dim]`` and ``values [A, capacity]``.
+
+    Each ``dnds[a]`` (also ``self[a]``) is a full ``DND`` -- write, LRU, checkpoint -- on views of the stacks.
+    The stacks serve NEC's hot path: reading every action of a query is one search (exact index: one
+    ``ExactIndexStack``) and one kernel call; a learner batch reads its rows' DNDs, takes the SGD step on the
+    neighbours' keys and values as one ``index_add_`` of their gradients (what ``torch.optim.SGD`` does with
+    the DND's sparse gradients, without building sparse tensors) and re-indexes the moved keys in one go.
+    Lookups tick the clock of every DND they read once, as ``DND.lookup`` does.
+    """
+
+    def __init__(self, num_actions: int, capacity: int, dim: int, k: int = 50, delta: float = 1e-3,
+                 alpha: float = 0.1, index: str = "auto", device: torch.device | str | None = None,
+                 match_threshold: float = 1e-6, **index_options: Any):
+        self.device = torch.device(device or "cpu")
+        self.capacity, self.dim, self.k, self.delta = int(capacity), int(dim), int(k), delta
+        self.keys = torch.zeros(num_actions, self.capacity, self.dim, device=self.device)
+        self.values = torch.zeros(num_actions, self.capacity, device=self.device)
+        kind = resolve_kind(index, self.capacity)
+        self.stack = ExactIndexStack(num_actions, self.capacity, self.dim, self.device) if kind == "exact" else None
+        indexes = self.stack.tables if self.stack is not None else [kind] * num_actions
+        self.dnds = [DND(self.capacity, self.dim, k=k, delta=delta, alpha=alpha, index=indexes[a],
+                         device=self.device, match_threshold=match_threshold,
+                         storage=(self.keys[a], self.values[a]), **index_options)
+                     for a in range(num_actions)]
+
+    def __len__(self) -> int:
+        return len(self.dnds)
+
+    def __getitem__(self, action: int) -> DND:
+        return self.dnds[action]
+
+    def __iter__(self) -> Iterator[DND]:
+        return iter(self.dnds)
+
+    def _touch(self, action: int, slots: torch.Tensor) -> None:
+        self.dnds[action]._touch(slots.cpu().numpy())
+
+    def _gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = rows.clamp(min=0).reshape(-1)
+        keys = self.keys.view(-1, self.dim).index_select(0, flat).view(*rows.shape, self.dim)
+        return keys, self.values.view(-1).index_select(0, flat).view(rows.shape)
+
+    @torch.no_grad()
+    def q_values(self, queries: torch.Tensor) -> torch.Tensor:
+        """Q ``[B, A]``: every action's kernel lookup of each query."""
+        num_actions = len(self.dnds)
+        if self.stack is not None:
+            slots = self.stack.nearest_slots(queries, self.k)  # [B, A, k]
+        else:
+            slots = torch.stack([torch.from_numpy(dnd.index.search(queries, self.k)[1]).to(self.device)
+                                 for dnd in self.dnds], dim=1)
+        for a in range(num_actions):
+            self._touch(a, slots[:, a])
+        offsets = torch.arange(num_actions, device=self.device)[:, None] * self.capacity
+        rows = torch.where(slots >= 0, slots + offsets, -1)
+        keys, values = self._gather(rows)
+        return kernel_lookup(queries[:, None, :], keys, values, rows >= 0, self.delta)[0]
+
+    def read(self, queries: torch.Tensor, actions: np.ndarray, grad: bool = False) -> DNDRead:
+        """Q ``[B]`` of each query in its action's DND; with ``grad`` the loss on Q back-propagates into
+        ``queries`` and into the returned neighbour keys and values (for ``sgd_step``)."""
+        rows = torch.empty(len(actions), self.k, dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            for a in np.unique(actions):
+                index = torch.from_numpy(np.flatnonzero(actions == a)).to(self.device)
+                dnd = self.dnds[a]
+                if self.stack is not None:
+                    slots = dnd.index.nearest_slots(queries.detach()[index], self.k)
+                else:
+                    slots = torch.from_numpy(dnd.index.search(queries.detach()[index], self.k)[1]).to(self.device)
+                self._touch(int(a), slots)
+                rows[index] = torch.where(slots >= 0, slots + int(a) * self.capacity, -1)
+        keys, values = self._gather(rows)
+        if grad:
+            keys.requires_grad_(True)
+            values.requires_grad_(True)
+        q = kernel_lookup(queries, keys, values, rows >= 0, self.delta)[0]
+        return DNDRead(q, rows, keys if grad else None, values if grad else None)
+
+    @torch.no_grad()
+    def sgd_step(self, read: DNDRead, lr: float) -> None:
+        """Plain SGD on the keys and values of the neighbours of a ``read(..., grad=True)`` whose loss has
+        been back-propagated (a neighbour used twice gets both gradients)."""
+        valid = read.rows >= 0
+        rows = read.rows[valid]
+        self.keys.view(-1, self.dim).index_add_(0, rows, read.keys.grad[valid], alpha=-lr)
+        self.values.view(-1).index_add_(0, rows, read.values.grad[valid], alpha=-lr)
+
+    @torch.no_grad()
+    def refresh_index(self, rows: torch.Tensor, tolerance: float = 0.0) -> None:
+        """Re-index the keys of flat ``rows`` (-1 ignored) that moved more than ``tolerance`` (squared)
+        since they were indexed (``DND.refresh_index`` for all actions at once)."""
+        rows = torch.unique(rows[rows >= 0])
+        if self.stack is None:
+            for a in torch.unique(rows // self.capacity).tolist():
+                self.dnds[a].refresh_index(rows[rows // self.capacity == a] % self.capacity, tolerance)
+            return
+        keys = self.keys.view(-1, self.dim)[rows]
+        if tolerance > 0.0:
+            moved = (keys - self.stack.indexed_keys(rows)).square().sum(1) > tolerance
+            rows, keys = rows[moved], keys[moved]
+        self.stack.replace(rows, keys)
 
 
 class EpisodicTable(_SlotTable):

@@ -13,8 +13,10 @@ import torch
 def kernel_lookup(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor,
                   delta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q ``[B]``, normalised weights ``[B, k]``) from queries ``[B, d]``, neighbour keys ``[B, k, d]``, values
-    ``[B, k]`` and a mask ``valid [B, k]`` of the neighbours that exist; a row without any reads 0."""
-    d2 = (queries[:, None, :] - keys).square().sum(-1)
+    ``[B, k]`` and a mask ``valid [B, k]`` of the neighbours that exist; a row without any reads 0.
+
+    Leading dimensions broadcast: queries ``[B, 1, d]`` with keys ``[B, A, k, d]`` read A tables at once."""
+    d2 = (queries.unsqueeze(-2) - keys).square().sum(-1)
     w = torch.where(valid, 1.0 / (d2 + delta), torch.zeros_like(d2))
-    weights = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-    return (weights * values).sum(1), weights
+    weights = w / w.sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    return (weights * values).sum(-1), weights

@@ -15,6 +15,7 @@ Squared Euclidean distances throughout, as the episodic kernels use them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any
 
 import hnswlib
@@ -158,11 +159,13 @@ class ExactIndex(KeyIndex):
     to cancellation, and exact-match tests in MFEC/NEC depend on it)."""
 
     def __init__(self, capacity: int, dim: int, device: torch.device | str | None = None,
-                 chunk_elements: int = 1 << 23):
+                 chunk_elements: int = 1 << 23, storage: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__(capacity, dim)
         self.device = torch.device(device or "cpu")
-        self._keys = torch.zeros(self.capacity, self.dim, device=self.device)
-        self._sqnorm = torch.full((self.capacity,), float("inf"), device=self.device)  # inf = empty slot
+        if storage is None:  # else ([capacity, dim] keys, [capacity] squared norms) owned by an ExactIndexStack
+            storage = (torch.zeros(self.capacity, self.dim, device=self.device),
+                       torch.full((self.capacity,), float("inf"), device=self.device))
+        self._keys, self._sqnorm = storage  # sqnorm inf = empty slot
         self._hi = 0  # one past the last alive slot: only [0, hi) is scanned
         self._chunk_elements = chunk_elements  # size of the score buffer (queries x scanned slots)
         self._buffer = torch.empty(0, device=self.device)
@@ -183,23 +186,38 @@ class ExactIndex(KeyIndex):
         alive_slots = np.flatnonzero(still)
         self._hi = int(alive_slots[-1]) + 1 if alive_slots.size else 0
 
-    def _search(self, queries: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = torch.as_tensor(queries, dtype=torch.float32).to(self.device)
+    def _candidates(self, q: torch.Tensor, k: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per chunk of queries: (the chunk, slots of its k lowest ``||k||^2 - 2 q.k`` scores, unordered)."""
         keys, sqnorm, hi = self._keys[: self._hi], self._sqnorm[: self._hi], self._hi
         rows = max(1, self._chunk_elements // hi)
         if self._buffer.numel() < min(rows, q.shape[0]) * hi:
             self._buffer = torch.empty(min(rows, q.shape[0]) * hi, device=self.device)
-        out_d, out_s = [], []
         for start in range(0, q.shape[0], rows):
             qc = q[start : start + rows]
             scores = self._buffer[: qc.shape[0] * hi].view(qc.shape[0], hi)
             torch.addmm(sqnorm, qc, keys.T, alpha=-2.0, out=scores)  # empty slots stay inf, so never chosen
-            idx = scores.topk(k, dim=1, largest=False, sorted=False).indices
-            dist = (qc[:, None, :] - keys[idx]).square().sum(-1)
+            yield qc, scores.topk(k, dim=1, largest=False, sorted=False).indices
+
+    def _search(self, queries: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = torch.as_tensor(queries, dtype=torch.float32).to(self.device)
+        out_d, out_s = [], []
+        for qc, idx in self._candidates(q, k):
+            dist = (qc[:, None, :] - self._keys[idx]).square().sum(-1)
             dist, order = dist.sort(dim=1)
             out_d.append(dist)
             out_s.append(idx.gather(1, order))
         return torch.cat(out_d).cpu().numpy(), torch.cat(out_s).cpu().numpy().astype(np.int64)
+
+    def nearest_slots(self, queries: torch.Tensor, k: int) -> torch.Tensor:
+        """Slots ``[B, k]`` (int64 tensor on the index's device) of the k nearest keys, in no particular order,
+        -1 past the stored count: ``search`` without the exact re-rank and the copies to numpy, for reads that
+        weigh their k neighbours alike (a kernel sum does not care about their order)."""
+        out = torch.full((queries.shape[0], k), -1, dtype=torch.int64, device=self.device)
+        kk = min(k, self._n)
+        if kk and queries.shape[0]:
+            out[:, :kk] = torch.cat([idx for _, idx in self._candidates(queries.to(self.device), kk)])
+        return out
+
 
     def get(self, slots: np.ndarray) -> np.ndarray:
         return self._keys[torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(self.device)].cpu().numpy()
@@ -300,6 +318,55 @@ class HNSWIndex(KeyIndex):
         self._n = slots.size
 
 
+class ExactIndexStack:
+    """``count`` exact indexes (``tables``) over one ``[count, capacity, dim]`` buffer, so that one batched
+    matmul and one topk find the k nearest keys of a query in every table (NEC reads all its per-action DNDs
+    at each step: one search instead of ``count`` small ones)."""
+
+    def __init__(self, count: int, capacity: int, dim: int, device: torch.device | str | None = None):
+        self.device = torch.device(device or "cpu")
+        self._keys = torch.zeros(count, capacity, dim, device=self.device)
+        self._sqnorm = torch.full((count, capacity), float("inf"), device=self.device)
+        self.tables = [ExactIndex(capacity, dim, device=self.device, storage=(self._keys[i], self._sqnorm[i]))
+                       for i in range(count)]
+
+    def nearest_slots(self, queries: torch.Tensor, k: int) -> torch.Tensor:
+        """Slots ``[B, count, k]``: table t's k nearest keys of each query, unordered, -1 past its stored
+        count (as ``ExactIndex.nearest_slots`` of every table)."""
+        count = len(self.tables)
+        out = torch.full((queries.shape[0], count, k), -1, dtype=torch.int64, device=self.device)
+        hi = max(t._hi for t in self.tables)
+        kk = min(k, hi)
+        if kk == 0 or queries.shape[0] == 0:
+            return out
+        q = queries.to(self.device)
+        sqnorm = self._sqnorm[:, None, :hi]
+        scores = torch.baddbmm(sqnorm, q.expand(count, *q.shape), self._keys[:, :hi].transpose(1, 2), alpha=-2.0)
+        idx = scores.topk(kk, dim=2, largest=False, sorted=False).indices  # [count, B, kk]
+        empty = torch.isinf(sqnorm.expand(-1, q.shape[0], -1).gather(2, idx))  # tables with fewer than kk keys
+        out[:, :, :kk] = idx.masked_fill(empty, -1).transpose(0, 1)
+        return out
+
+    def indexed_keys(self, rows: torch.Tensor) -> torch.Tensor:
+        """The stored keys of flat rows ``table * capacity + slot``."""
+        return self._keys.view(-1, self._keys.shape[-1])[rows]
+
+    def replace(self, rows: torch.Tensor, keys: torch.Tensor) -> None:
+        """Move the keys of distinct alive flat rows ``table * capacity + slot``: ``add`` without its checks
+        and bookkeeping, which a move does not change (re-indexing the keys a learner step moved)."""
+        self._keys.view(-1, self._keys.shape[-1])[rows] = keys
+        self._sqnorm.view(-1)[rows] = (keys * keys).sum(1)
+
+
+def resolve_kind(kind: str, capacity: int) -> str:
+    """"exact" or "hnsw" for an index kind (``INDEX_KINDS``) and a capacity."""
+    if kind not in INDEX_KINDS:
+        raise unknown_choice("nearest-neighbour index", kind, INDEX_KINDS)
+    if kind == "auto":
+        return "exact" if capacity < AUTO_HNSW_CAPACITY else "hnsw"
+    return kind
+
+
 def make_index(kind: str, capacity: int, dim: int, device: torch.device | str | None = None,
                **hnsw_options: Any) -> KeyIndex:
     """``kind`` in {"exact", "hnsw", "auto"}; "auto" is exact below ``AUTO_HNSW_CAPACITY`` slots, else HNSW.
@@ -307,10 +374,7 @@ def make_index(kind: str, capacity: int, dim: int, device: torch.device | str | 
     ``device`` places the exact backend (HNSW runs on the CPU); ``hnsw_options`` are ``HNSWIndex`` keywords
     (M, ef_construction, ef_search, add_threads, seed) and are ignored by the exact backend.
     """
-    if kind not in INDEX_KINDS:
-        raise unknown_choice("nearest-neighbour index", kind, INDEX_KINDS)
-    if kind == "auto":
-        kind = "exact" if capacity < AUTO_HNSW_CAPACITY else "hnsw"
+    kind = resolve_kind(kind, capacity)
     if kind == "exact":
         return ExactIndex(capacity, dim, device=device)
     return HNSWIndex(capacity, dim, **hnsw_options)
