@@ -16,12 +16,15 @@
 3. **Per step.** The graph's own nearest-node index behind the same GQ/GBMR agent code (``MemoryGraph(index=...)``):
    ``exact`` (torch brute force, the default), ``hnsw`` (M 16, ef_construction 100, ef_search 128) re-indexing
    every moved node, and ``hnsw`` with ``index_tolerance`` (a merged node is re-indexed only once its key moved
-   more than that fraction of dist_th). *Lookup* = one joint k-NN query (k = 50) + exact re-rank + the node-Q
-   read of the 50 neighbours + the kernel, i.e. the read of every action of one step (``agent.q_values`` of
-   one observation). *Write* = the real episodes written into the full memory one after another
-   (``agent.write``: N-step bootstrap reads, merge-or-insert with its own k-NN candidate search and LRU
-   eviction, edge updates, index updates) divided by the steps written. Each variant starts from the filled
-   state (the HNSW graph is built once, then restored from its saved state).
+   more than that fraction of dist_th). Writes search with ``write_search="auto"`` (the default: HNSW
+   candidates with HNSW; with the exact index the radius grid or batched brute-force candidates, whichever
+   costs less), and, for comparison, the exact index forced onto the grid (``write_search="grid"``).
+   *Lookup* = one joint k-NN query (k = 50) + exact re-rank + the node-Q read of the 50 neighbours + the
+   kernel, i.e. the read of every action of one step (``agent.q_values`` of one observation). *Write* = the
+   real episodes written into the full memory one after another (``agent.write``: N-step bootstrap reads,
+   merge-or-insert with its nearest-node search (grid or candidates) and LRU eviction, edge updates, index
+   updates) divided by the steps written. Each variant starts from the filled state (the HNSW graph is built
+   once, then restored from its saved state).
 4. **Recall@50** of the HNSW graph's reads (the 50 nodes a read uses) against the exact graph's, queries = real
    per-step embeddings; ef_search sweep.
 5. **End to end.** ``start_run`` on MinAtar Breakout for ``--e2e-steps`` steps each, eval off: DQN (minatar
@@ -243,22 +246,27 @@ def main() -> None:
               flush=True)
     hnsw_index.ef_search = HNSW["ef_search"]
 
-    def restore(index: str, tolerance: float) -> MemoryGraph:
+    def restore(index: str, tolerance: float, write_search: str) -> MemoryGraph:
         """A fresh copy of the filled memory with the given index (HNSW: restored from its saved graph)."""
         options = {**HNSW, "add_threads": 1} if index == "hnsw" else None
-        fresh = MemoryGraph(**config_args, index=index, index_tolerance=tolerance, index_options=options)
+        fresh = MemoryGraph(**config_args, index=index, index_tolerance=tolerance, index_options=options,
+                            write_search=write_search)
         fresh.load_state_dict(hnsw_snapshot if index == "hnsw" else snapshot)
         return fresh
 
     rows = []
     variants = [
-        ("exact (torch brute force)", "exact", 0.0),
-        (f"hnsw (ef_search {HNSW['ef_search']}), tolerance 0", "hnsw", 0.0),
-        (f"hnsw (ef_search {HNSW['ef_search']}), tolerance {TOLERANCE}", "hnsw", TOLERANCE),
+        ("exact (torch brute force), writes: grid (forced)", "exact", 0.0, "grid"),
+        ("exact (torch brute force), writes: auto", "exact", 0.0, "auto"),
+        (f"hnsw (ef_search {HNSW['ef_search']}), tolerance 0", "hnsw", 0.0, "auto"),
+        (f"hnsw (ef_search {HNSW['ef_search']}), tolerance {TOLERANCE}", "hnsw", TOLERANCE, "auto"),
     ]
-    for name, index, tolerance in variants:
-        agent.graph = restore(index, tolerance)
+    for name, index, tolerance, write_search in variants:
+        agent.graph = restore(index, tolerance, write_search)
         rows.append((name, per_step(agent, real, queries, args.calls, args.write_steps)))
+        if write_search == "auto" and index == "exact":
+            name += f" (ended on {'candidates' if agent.graph._by_candidates[0] else 'grid'})"
+            rows[-1] = (name, rows[-1][1])
         print(f"measured {name}", flush=True)
         agent.graph = None  # free it before the next copy
 

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from gbmr.errors import GbmrError
+from gbmr.memory import graph as graph_module
 from gbmr.memory import radius as radius_module
-from gbmr.memory.graph import MemoryGraph
+from gbmr.memory.graph import _PROBE_EVERY, MemoryGraph
 from gbmr.memory.radius import RadiusGrid
 
 # ---------------------------------------------------------------------------- helpers
@@ -260,6 +261,63 @@ def test_write_matches_naive_sequential_writer(layout, dist_th):
     assert set(ours) == set(naive.edges)
     for key, (w, r, v) in naive.edges.items():
         np.testing.assert_allclose(ours[key], (w, r, v), rtol=1e-12)
+
+
+def graph_state(g: MemoryGraph) -> tuple:
+    """Everything a write decides: alive nodes, their keys, visits and stamps, and the edges."""
+    ids = g.alive_nodes()
+    return (ids.tolist(), g.node_keys[ids].tolist(), g.node_visits[ids].tolist(), g.node_last_used[ids].tolist(),
+            edge_table(g))
+
+
+@pytest.mark.parametrize(("layout", "tolerance"), [("joint", 0.0), ("per_action", 0.0), ("joint", 0.4)])
+def test_grid_and_candidate_writes_give_identical_graphs(layout, tolerance, monkeypatch):
+    """The two exact write searches (grid; batched brute-force candidates with the float32 / tolerance floor)
+    and the naive writer agree step for step: merges into nodes touched earlier in the episode, evictions,
+    in-episode evictions (episodes longer than a table), and candidate lists all touched (2 candidates per
+    step here, so that this happens often: the grid decides)."""
+    monkeypatch.setattr(graph_module, "_CANDIDATES", 2)
+    rng = np.random.default_rng(21)
+    make = dict(dim=3, capacity=40, num_actions=2, layout=layout, dist_th=0.5, eta=0.1, edge_capacity=10_000,
+                index_tolerance=tolerance)
+    grid, cands = MemoryGraph(**make, write_search="grid"), MemoryGraph(**make, write_search="candidates")
+    naive = NaiveGraph(3, 40, 2, layout, 0.5, 0.1)
+    for _ in range(40):
+        episode = random_episode(rng, int(rng.integers(1, 90)), 3, 2, scale=0.2)
+        ids = grid.write_episode(*episode)
+        np.testing.assert_array_equal(cands.write_episode(*episode), ids)
+        np.testing.assert_array_equal(naive.write(*episode), ids)
+        cands.read(np.zeros((1, 3)), k=1)  # an agent reads between episodes: with a tolerance, keys lag
+    assert graph_state(grid) == graph_state(cands)
+    assert cands.num_nodes == cands.capacity * cands.num_tables  # full: evictions happened
+    assert (cands._grid.stats[2] > 0).all()  # some steps had every candidate touched: the grid decided
+    assert (cands._by_candidates & ~grid._by_candidates).all()
+    check_invariants(cands)
+
+
+def test_auto_write_search_switches_by_cost():
+    """Auto starts on the grid; isotropic keys in 24 dims defeat its 3-direction projection (a search examines
+    most of the table), so it moves to brute-force candidates; once the table holds keys spread over 3 wide
+    directions, a probe finds the grid cheap again and it moves back. Results equal the grid's throughout."""
+    rng = np.random.default_rng(22)
+    make = dict(dim=24, capacity=600, num_actions=2, dist_th=2.0, edge_capacity=20_000)
+    auto, grid = MemoryGraph(**make), MemoryGraph(**make, write_search="grid")
+    assert not auto._by_candidates[0]
+
+    def write(keys: np.ndarray) -> None:
+        T = len(keys)
+        episode = (keys.astype(np.float32), rng.integers(0, 2, T), np.zeros(T), np.ones(T))
+        np.testing.assert_array_equal(auto.write_episode(*episode), grid.write_episode(*episode))
+
+    for _ in range(5):
+        write(rng.normal(0, 1, (100, 24)))
+    assert auto._by_candidates[0]
+    wide = np.zeros((50, 24))
+    for _ in range(3 * _PROBE_EVERY):
+        wide[:, :3] = rng.uniform(-100, 100, (50, 3))
+        write(wide)
+    assert not auto._by_candidates[0]
+    assert graph_state(auto) == graph_state(grid)
 
 
 def brute_nearest(keys: np.ndarray, ids: np.ndarray, query: np.ndarray) -> tuple[int, float]:

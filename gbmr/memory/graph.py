@@ -13,11 +13,30 @@ edge updates, evictions) and the per-node walks (node values, reads, sweeps) are
 - **Distances.** Writes use the Euclidean distance d (not squared): merge when ``d < dist_th`` and move the
   key to ``(key + d * h) / (1 + d)`` (GBMR.md). Reads use the squared distance in the kernel
   ``w_i = 1 / (||h - h_i||^2 + delta)``. Exact distances are computed in float64 from the float32 keys.
-- **Search.** Writes need the nearest node only within ``dist_th``: a ``RadiusGrid``
-  (``gbmr.memory.radius``) answers that exactly, whatever the index, and is updated in the write loop itself.
-  Reads need k nearest nodes: each table has a ``KeyIndex`` (``gbmr.memory.knn``; ``index="exact"``: torch
-  brute force, ``"hnsw"``: hnswlib, ``"auto"``: HNSW from 1e5 nodes) holding its alive node keys. The index
-  only proposes candidates; they are re-ranked by their true keys (exact float64). The write loop records
+- **Search.** Reads need k nearest nodes: each table has a ``KeyIndex`` (``gbmr.memory.knn``;
+  ``index="exact"``: torch brute force, ``"hnsw"``: hnswlib, ``"auto"``: HNSW from 1e5 nodes) holding its
+  alive node keys. The index only proposes candidates; they are re-ranked by their true keys (exact float64).
+  Writes need, per step, the nearest node only if it lies within ``dist_th``, from one of two sources (one
+  write loop, ``kernels.write_steps``; ``write_search`` chooses, per table and episode):
+
+  - the **grid**: a ``RadiusGrid`` (``gbmr.memory.radius``), exact whatever the index, updated in the write
+    loop itself; cheap while the keys spread over 3 principal directions much wider than ``dist_th``
+    (d = 8 random walks: ~10 nodes examined per step), but it degrades towards a scan of the table when they
+    do not (real d = 64 embeddings at 5e5 nodes: ~20 ms per step);
+  - the **candidates**: before the loop, one batched index search gives the ``_CANDIDATES`` nearest nodes of
+    every step (re-ranked exactly); the loop takes the nearest candidate that this episode has not touched,
+    compares the nodes it touched exactly, and asks the grid only when every candidate was touched and the
+    rest of the table may still be within reach. With the exact index this is exact too: nodes outside the
+    candidates are bounded below by the last candidate's distance, less the float32 rounding of the index's
+    matmul scores and the index tolerance (``_candidate_floor``). With HNSW it is approximate, as its reads
+    are: a step may insert (or merge into a farther node) when HNSW misses its nearest node.
+
+  ``write_search="grid"`` / ``"candidates"`` force a source; ``"auto"`` (default) takes the candidates with
+  HNSW, and with the exact index starts on the grid, counts the nodes a grid search examines, and moves a
+  table to the batched brute force once they exceed ``_GRID_SHARE`` of its nodes (and ``_MIN_EXAMINED``);
+  every ``_PROBE_EVERY`` episodes a few steps go through the grid again to see whether it has become the
+  cheaper one. Both exact
+  sources give identical graphs, so the choice never changes results. The write loop records
   the nodes it changes; the index takes them in before its next search (``_flush_index``). Merged keys drift
   slowly, and moving a point in HNSW costs about as much as inserting it, so ``index_tolerance`` > 0
   re-indexes a merged node only once its key has moved (summed over merges, an upper bound of the true
@@ -66,6 +85,13 @@ NODE_VALUES = ("mean", "max")
 MISSING = ("zero", "skip")
 PATH_SCORES = ("shortest", "reward", "diversity")
 
+WRITE_SEARCHES = ("auto", "grid", "candidates")
+
+_CANDIDATES = 32  # nearest nodes fetched per written step by the candidate search
+_GRID_SHARE = 0.1  # auto: a grid search examining more than this share of the table is slower than brute force
+_MIN_EXAMINED = 256  # auto: below this many nodes per grid search, its cost does not matter (small tables)
+_PROBE_EVERY, _PROBE_STEPS = 16, 4  # auto: episodes between grid probes of a brute-force table, steps probed
+_F32_EPS = 2.0**-24  # float32 unit roundoff
 _PATH_EPS = 1e-3  # per-edge cost added to normalised path costs: equal scores go to fewer edges
 _GNN_WEIGHTS = np.array([1.0, 1.0, 0.5, 0.5])  # value, mean reward, log visits, degree (z-scored)
 
@@ -89,16 +115,19 @@ class MemoryGraph:
     def __init__(self, dim: int, capacity: int, num_actions: int, layout: str = "joint",
                  edge_capacity: int | None = None, dist_th: float = 1.0, eta: float = 0.1,
                  node_value: str = "mean", index: str = "exact", index_tolerance: float = 0.0,
-                 index_options: dict[str, Any] | None = None):
+                 index_options: dict[str, Any] | None = None, write_search: str = "auto"):
         """``index`` in {"exact", "hnsw", "auto"}, ``index_tolerance`` (fraction of dist_th, see the module
-        notes) and ``index_options`` (HNSWIndex keywords: M, ef_construction, ef_search, add_threads, seed)
-        choose the nearest-node search; they never change what a read or write means."""
+        notes), ``index_options`` (HNSWIndex keywords: M, ef_construction, ef_search, add_threads, seed) and
+        ``write_search`` in {"auto", "grid", "candidates"} choose the nearest-node searches; they never change
+        what a read or write means (except that HNSW is approximate)."""
         if layout not in LAYOUTS:
             raise unknown_choice("graph layout", layout, LAYOUTS)
         if node_value not in NODE_VALUES:
             raise unknown_choice("node value", node_value, NODE_VALUES)
         if dim <= 0 or capacity <= 0 or num_actions <= 0:
             raise ValueError("dim, capacity and num_actions must be positive")
+        if write_search not in WRITE_SEARCHES:
+            raise unknown_choice("write search", write_search, WRITE_SEARCHES)
         if index_tolerance < 0:
             raise ValueError(f"index_tolerance must be >= 0, got {index_tolerance}")
         self.dim, self.capacity, self.num_actions = dim, capacity, num_actions
@@ -146,7 +175,17 @@ class MemoryGraph:
         self._edges = (self._edge_ints, self._edge_floats, self.edge_alive, self._links, self._heads, self._table,
                        self._edge_free, self._edge_nfree, n, num_actions)
         self.index_kind, self.index_tolerance = index, float(index_tolerance)
+        self._tau = self.index_tolerance * self.dist_th if index_tolerance > 0 else 0.0  # (0 * inf: 0)
         self._indexes = [make_index(index, capacity, dim, **(index_options or {})) for _ in range(self.num_tables)]
+        self._hnsw = isinstance(self._indexes[0], HNSWIndex)
+        self.write_search = write_search
+        # per table: writes search the candidates (else the grid); episodes since the last grid probe; an upper
+        # bound of every key's norm (inserted keys' norms: a merge moves a key between two of them), kept only
+        # while the table is on candidates (nan: unknown, recomputed when needed)
+        by_candidates = write_search == "candidates" or (write_search == "auto" and self._hnsw)
+        self._by_candidates = np.full(self.num_tables, by_candidates)
+        self._since_probe = np.zeros(self.num_tables, dtype=np.int64)
+        self._key_norm = np.full(self.num_tables, np.nan)
 
     # ------------------------------------------------------------------ sizes and lookups
     @property
@@ -190,7 +229,7 @@ class MemoryGraph:
         """Bring the index up to date for `nodes` whose key or aliveness may have changed: dead ones leave it,
         alive ones that moved more than the tolerance (or were never indexed) are (re-)indexed."""
         nodes = np.unique(nodes)
-        limit = self.index_tolerance * self.dist_th
+        limit = self._tau
         for table in np.unique(nodes // self.capacity).tolist():
             lo = table * self.capacity
             ids = nodes[(nodes >= lo) & (nodes < lo + self.capacity)]
@@ -220,6 +259,7 @@ class MemoryGraph:
         nodes = np.asarray(nodes, dtype=np.int64).ravel()
         self._drift[nodes] = np.inf
         self._sync_index(nodes)
+        self._key_norm[:] = np.nan
 
     # ------------------------------------------------------------------ node and edge bookkeeping
     def add_nodes(self, keys: np.ndarray, table: int = 0) -> np.ndarray:
@@ -236,6 +276,7 @@ class MemoryGraph:
         self.clock += 1
         order = np.argsort(ids)
         kernels.place_nodes(ids[order], keys[order], self.clock, self._nodes)
+        self._bound_norms(keys, np.full(n, table))
         return ids
 
     def add_transitions(self, src: np.ndarray, dst: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
@@ -271,9 +312,9 @@ class MemoryGraph:
         """Merge-or-insert every step's key into the table of its action, then add / update the edges
         node_t -a_t-> node_{t+1} and node_{T-1} -> terminal (or truncated) sentinel.
 
-        Steps are processed one by one, each with an exact radius search of the grid. Returns each step's
-        node id; -1 for a step whose node was itself evicted later in the episode (only if a table is smaller
-        than the episode); its edges are dropped.
+        Steps are processed one by one, each searching the grid or its candidates (see the module notes).
+        Returns each step's node id; -1 for a step whose node was itself evicted later in the episode (only
+        if a table is smaller than the episode); its edges are dropped.
         """
         keys = np.ascontiguousarray(keys, dtype=np.float32).reshape(len(keys), self.dim)
         actions = np.asarray(actions, dtype=np.int64)
@@ -289,7 +330,14 @@ class MemoryGraph:
         clocks = self.clock + 1 + np.arange(T)
         tables = actions if self.layout == "per_action" else np.zeros(T, dtype=np.int64)
         self._grid.refit_due()
-        kernels.write_steps(tables, keys, clocks, self.dist_th, self._nodes, self._edges, nodes)
+        by_grid, cand, cand_d2, floor = self._plan_search(keys, tables)
+        examined = self._grid.stats[2].copy()
+        kernels.write_steps(tables, keys, clocks, self.dist_th, by_grid, cand, cand_d2, floor, self._nodes,
+                            self._edges, nodes)
+        if not self._hnsw and self._by_candidates.any():
+            self._bound_norms(keys, tables)  # after the loop: these keys were compared exactly
+        if self.write_search == "auto" and not self._hnsw:
+            self._choose_search(tables, by_grid, self._grid.stats[2] - examined)
         self.clock = int(clocks[-1])
         dst = np.empty(T, dtype=np.int64)
         dst[:-1], dst[-1] = nodes[1:], self.terminal_node if terminated else self.truncated_node
@@ -299,6 +347,75 @@ class MemoryGraph:
             edges = tuple(x[ok] for x in edges)
         self._add_edges(*edges)
         return nodes
+
+    def _bound_norms(self, keys: np.ndarray, tables: np.ndarray) -> None:
+        """Raise the tables' key norm bounds to cover `keys` (float32 rounding of merges included; nan stays)."""
+        if len(keys):
+            norms = np.sqrt(np.einsum("ij,ij->i", keys, keys, dtype=np.float64)) * (1.0 + 1e-6)
+            if self.num_tables == 1:
+                self._key_norm[0] = max(self._key_norm[0], norms.max())
+            else:
+                np.maximum.at(self._key_norm, tables, norms)
+
+    def _plan_search(self, keys: np.ndarray, tables: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per step: whether it searches the grid, else its candidates (ids, exact squared distances) and the
+        floor of the nodes outside them. A table on candidates still sends probe steps to the grid (auto)."""
+        T = len(tables)
+        by_grid = ~self._by_candidates[tables]
+        if by_grid.all():
+            return by_grid, np.zeros((T, 0), dtype=np.int64), np.zeros((T, 0)), np.zeros(T)
+        k = min(_CANDIDATES, self.capacity)
+        cand, cand_d2 = np.full((T, k), -1, dtype=np.int64), np.full((T, k), np.inf)
+        floor = np.full(T, np.inf)
+        for table in np.unique(tables[~by_grid]).tolist():
+            steps = np.flatnonzero(tables == table)
+            if self.write_search == "auto" and not self._hnsw:
+                self._since_probe[table] += 1
+                if self._since_probe[table] >= _PROBE_EVERY:
+                    self._since_probe[table] = 0
+                    by_grid[steps[np.linspace(0, len(steps) - 1, min(_PROBE_STEPS, len(steps))).astype(int)]] = True
+            steps = steps[~by_grid[steps]]
+            if steps.size:
+                cand[steps], cand_d2[steps] = self._nearest(keys[steps], table, k)
+                floor[steps] = self._candidate_floor(keys[steps], cand_d2[steps, -1], table)
+        return by_grid, cand, cand_d2, floor
+
+    def _candidate_floor(self, queries: np.ndarray, last_d2: np.ndarray, table: int) -> np.ndarray:
+        """A lower bound of the exact squared distance of every alive node of `table` that the index did not
+        return, given the last (farthest) candidate's `last_d2` per query (inf: the index returned them all).
+
+        HNSW: the last candidate's distance (a heuristic: HNSW may miss nearer nodes). Exact index: it ranks by
+        the float32 scores ``||k||^2 - 2 q.k`` of keys indexed up to tau = ``index_tolerance * dist_th`` from
+        the true ones. A score errs by at most E = (d + 3) u (|k| + |q|)^2 (u the float32 unit roundoff: the
+        sums of d products, then one addition), so a node left out has an indexed squared distance of at
+        least (D_last - tau)^2 - 2 E, and a true distance tau less (twice E, for safety). This needs IEEE
+        float32 matmuls (no TF32)."""
+        if self._hnsw:
+            return last_d2
+        if np.isnan(self._key_norm[table]):
+            lo = table * self.capacity
+            keys = self.node_keys[lo:lo + self.capacity][self.node_alive[lo:lo + self.capacity]]
+            self._key_norm[table] = 0.0
+            self._bound_norms(keys, np.full(len(keys), table))
+        q = np.sqrt((queries.astype(np.float64) ** 2).sum(1))
+        err = 4.0 * (self.dim + 3) * _F32_EPS * (self._key_norm[table] + q) ** 2
+        tau = self._tau
+        with np.errstate(invalid="ignore"):  # inf - inf where all nodes were returned
+            indexed = np.maximum(np.sqrt(last_d2) - tau, 0.0) ** 2 - err
+        bound = np.maximum(np.sqrt(np.maximum(indexed, 0.0)) - tau, 0.0) ** 2
+        return np.where(np.isinf(last_d2), np.inf, bound)
+
+    def _choose_search(self, tables: np.ndarray, by_grid: np.ndarray, examined: np.ndarray) -> None:
+        """Auto with the exact index: from the nodes the grid examined per search in this episode, choose
+        each table's source for the next episodes (brute force scans every node, at about 1 / _GRID_SHARE
+        times the speed of a grid examination)."""
+        searches = np.bincount(tables[by_grid], minlength=self.num_tables)
+        probed = searches > 0
+        size = self.capacity - self._node_num_free
+        self._by_candidates[probed] = examined[probed] > np.maximum(_GRID_SHARE * size[probed], _MIN_EXAMINED) \
+            * searches[probed]
+        self._since_probe[probed] = 0
+        self._key_norm[~self._by_candidates] = np.nan  # not kept up while on the grid
 
     # ------------------------------------------------------------------ node values
     def node_q(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -536,6 +653,7 @@ class MemoryGraph:
         kernels.rebuild_table(self._edges)
         self._rebuild_lru()
         self._grid.rebuild(self.node_alive)
+        self._key_norm[:] = np.nan
         self._dirty[:] = False
         self._dirty_count[0] = 0
         saved = state.get("index")

@@ -283,12 +283,45 @@ def place_nodes(ids, keys, clock, nodes):
 
 
 @njit(cache=True)
-def write_steps(tables, keys, clocks, th, nodes, edges, out):
+def _from_candidates(h64, table, cand, cand_d2, floor, th, nodes, buf):
+    """The nearest node of `table` to h64 (ties: lowest id) and its squared distance, exact whenever it is
+    within `th`, from candidates searched before the episode: `cand` / `cand_d2`, ids ascending by exact
+    squared distance (-1 pads), and `floor`, a lower bound of the squared distance of every other node that
+    the search saw.
+
+    Precondition: ``dirty`` was empty at the search, so the dirty nodes are exactly those this episode
+    changed (merged, inserted, evicted). An untouched candidate kept its key and distance; touched nodes are
+    compared exactly; any other node lies at least `floor` away. Only if that bound does not rule the others
+    out (all candidates touched and the floor within reach) does the grid decide, exactly."""
+    keys, alive, capacity, dirty, dirty_ids, dirty_count = nodes[0], nodes[3], nodes[7], nodes[10], nodes[11], \
+        nodes[12]
+    best, best_d2 = -1, np.inf
+    for j in range(cand.size):
+        c = cand[j]
+        if c < 0 or cand_d2[j] > best_d2:
+            break
+        if not dirty[c] and (cand_d2[j] < best_d2 or c < best):
+            best, best_d2 = c, cand_d2[j]
+    first, end = table * capacity, (table + 1) * capacity
+    for t in range(dirty_count[0]):
+        v = dirty_ids[t]
+        if first <= v < end and alive[v]:
+            d2 = sqdist(keys[v], h64, buf)
+            if d2 < best_d2 or (d2 == best_d2 and v < best):
+                best, best_d2 = v, d2
+    if floor <= best_d2 and floor < th * th * (1.0 + 1e-9):
+        return grid_nearest(h64, table, keys, alive, nodes[13], buf)
+    return best, best_d2
+
+
+@njit(cache=True)
+def write_steps(tables, keys, clocks, th, by_grid, cand, cand_d2, floor, nodes, edges, out):
     """Sequential merge-or-insert of every step into the table `tables[i]`, node ids into `out`.
 
-    Each step takes the exact nearest node of its table from the grid: merge if it is closer than `th`, else
-    insert, evicting the least recently used node of a full table. A step whose node is evicted later in the
-    episode (only if a table is smaller than the episode) gets -1."""
+    Each step takes the nearest node of its table (exact within `th`) from the grid (``by_grid[i]``) or from
+    its row of candidates (``_from_candidates``; rows of grid steps are ignored): merge if it is closer than
+    `th`, else insert, evicting the least recently used node of a full table. A step whose node is evicted
+    later in the episode (only if a table is smaller than the episode) gets -1."""
     node_keys, visits, last, alive, free, num_free, drift, grid = (nodes[0], nodes[1], nodes[2], nodes[3],
                                                                    nodes[4], nodes[5], nodes[6], nodes[13])
     dim = keys.shape[1]
@@ -298,7 +331,10 @@ def write_steps(tables, keys, clocks, th, nodes, edges, out):
         table = tables[i]
         for j in range(dim):
             h64[j] = np.float64(keys[i, j])
-        best, best_d2 = grid_nearest(h64, table, node_keys, alive, grid, buf)
+        if by_grid[i]:
+            best, best_d2 = grid_nearest(h64, table, node_keys, alive, grid, buf)
+        else:
+            best, best_d2 = _from_candidates(h64, table, cand[i], cand_d2[i], floor[i], th, nodes, buf)
         d = math.sqrt(best_d2)
         if d < th:  # merge: slow key drift towards the new state
             moved = 0.0

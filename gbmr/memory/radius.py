@@ -21,13 +21,15 @@ over all keys. The grid answers the radius question exactly and is updated in pl
   grid from the keys (after loading a state).
 
 The grid prunes well while the keys spread over at least 3 directions much wider than ``radius`` (trajectory
-embeddings do); if they do not, it degrades towards a scan of the table, still exact.
+embeddings do); if they do not, it degrades towards a scan of the table, still exact (MemoryGraph's auto write
+search then moves the table to batched brute-force candidates, by the ``stats`` count of examined nodes).
 
 Squared distances are summed in numpy's pairwise order (``_pairwise``), so that they equal ``(x * x).sum(-1)``
 bit for bit and the numpy oracles of the tests and benchmarks agree exactly.
 
 Kernels take the grid as a tuple ``(buckets [nb], links [3, n_slots] = next prev bucket, coords [n_slots, 3]
-f64 (projected keys), proj [tables, 3, dim] f64, stats [2, tables] = inserts since fit / size at fit, radius,
+f64 (projected keys), proj [tables, 3, dim] f64, stats [3, tables] = inserts since fit / size at fit / nodes
+examined by searches (a running count: the search cost, for the caller to compare with brute force), radius,
 side, capacity)``; ``side`` is the cube side (the radius, or 1 if the radius is 0 or infinite: then the cubes
 are not searched); node ``v`` is in table ``v // capacity``.
 """
@@ -208,6 +210,7 @@ def grid_nearest(h64, table, keys, alive, grid, buf):
     if not radius > 0:
         return best, best_d2
     if not math.isfinite(radius):
+        grid[4][2, table] += capacity
         for v in range(first, end):
             if alive[v]:
                 d2 = sqdist(keys[v], h64, buf)
@@ -222,6 +225,7 @@ def grid_nearest(h64, table, keys, alive, grid, buf):
     r = radius + _MARGIN * (radius + norm)
     r2 = r * r
     mask = buckets.size - 1
+    examined = 0
     for c0 in range(math.floor((p0 - r) / side), math.floor((p0 + r) / side) + 1):
         g0 = _gap(c0, p0, side) ** 2
         for c1 in range(math.floor((p1 - r) / side), math.floor((p1 + r) / side) + 1):
@@ -233,6 +237,7 @@ def grid_nearest(h64, table, keys, alive, grid, buf):
                     continue
                 v = buckets[_bucket_of(table, c0, c1, c2, mask)]
                 while v >= 0:
+                    examined += 1
                     if first <= v < end and ((coords[v, 0] - p0) ** 2 + (coords[v, 1] - p1) ** 2
                                              + (coords[v, 2] - p2) ** 2) <= r2:
                         bound = min(best_d2, r2) * (1.0 + _MARGIN)
@@ -247,6 +252,7 @@ def grid_nearest(h64, table, keys, alive, grid, buf):
                             if d2 < best_d2 or (d2 == best_d2 and v < best):
                                 best, best_d2 = v, d2
                     v = links[NEXT, v]
+    grid[4][2, table] += examined
     return best, best_d2
 
 
@@ -286,7 +292,7 @@ class RadiusGrid:
         self.coords = np.zeros((len(keys), 3))  # each filed node's projected key
         self.proj = np.zeros((num_tables, 3, dim))
         self.proj[:, np.arange(m), np.arange(m)] = 1.0
-        self.stats = np.zeros((2, num_tables), dtype=np.int64)
+        self.stats = np.zeros((3, num_tables), dtype=np.int64)
         side = self.radius if 0 < self.radius < math.inf else 1.0
         self.arrays = (self.buckets, self.links, self.coords, self.proj, self.stats, self.radius, side,
                        self.capacity)
@@ -309,7 +315,7 @@ class RadiusGrid:
             _, vectors = np.linalg.eigh(x.T @ x)
             self.proj[table, :m] = vectors[:, ::-1][:, :m].T
             grid_refile(ids, self.keys, self.arrays)
-        self.stats[:, table] = 0, ids.size
+        self.stats[:2, table] = 0, ids.size
 
     def rebuild(self, alive: np.ndarray) -> None:
         """File every alive node anew (`alive`: mask over the key rows; rows past the tables are ignored)."""
