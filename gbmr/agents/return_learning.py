@@ -76,11 +76,10 @@ class ReturnLearner:
         self.learning_starts = config.learning_starts
         self.replay = ReturnReplay(config.replay_size, tuple(observation_space.shape), observation_space.dtype)
         params = [p for p in encoder.parameters() if p.requires_grad]
-        self.encoder_optimizer = (
+        self.optimizer = (
             torch.optim.RMSprop(params, lr=config.lr, alpha=config.rmsprop_alpha, eps=config.rmsprop_eps)
             if params else None
         )
-        self.optimizers = [self.encoder_optimizer] if self.encoder_optimizer is not None else []
         self.last_learn = 0  # env steps at the last learner step
 
     def due_batch(self, steps: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -93,18 +92,18 @@ class ReturnLearner:
     def step(self, loss: torch.Tensor) -> None:
         """One gradient step of the encoder on ``loss`` (the gradients of anything else it reaches stay for the
         caller)."""
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for opt in self.optimizers:
-            opt.step()
+        if self.optimizer is not None:
+            self.optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"replay": self.replay.state_dict(), "optimizers": [opt.state_dict() for opt in self.optimizers],
-                "last_learn": self.last_learn}
+        return {"replay": self.replay.state_dict(), "last_learn": self.last_learn,
+                "optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.replay.load_state_dict(state["replay"])
-        for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.last_learn = int(state["last_learn"])

@@ -174,7 +174,7 @@ class MemoryGraph:
                        self._dirty_ids, self._dirty_count, self._grid.arrays)
         self._edges = (self._edge_ints, self._edge_floats, self.edge_alive, self._links, self._heads, self._table,
                        self._edge_free, self._edge_nfree, n, num_actions)
-        self.index_kind, self.index_tolerance = index, float(index_tolerance)
+        self.index_tolerance = float(index_tolerance)
         self._tau = self.index_tolerance * self.dist_th if index_tolerance > 0 else 0.0  # (0 * inf: 0)
         self._indexes = [make_index(index, capacity, dim, **(index_options or {})) for _ in range(self.num_tables)]
         self._hnsw = isinstance(self._indexes[0], HNSWIndex)
