@@ -218,7 +218,6 @@ class ExactIndex(KeyIndex):
             out[:, :kk] = torch.cat([idx for _, idx in self._candidates(queries.to(self.device), kk)])
         return out
 
-
     def get(self, slots: np.ndarray) -> np.ndarray:
         return self._keys[torch.from_numpy(np.asarray(slots, dtype=np.int64)).to(self.device)].cpu().numpy()
 
