@@ -4,6 +4,7 @@ layouts and their resumable state, and the user errors."""
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 
 import gymnasium as gym
@@ -218,8 +219,11 @@ def test_listing_and_families() -> None:
 def test_user_errors() -> None:
     with pytest.raises(GbmrError, match="Did you mean 'CartPole-v1'"):
         make_env("CartPole-v0")
-    with pytest.raises(GbmrError, match="environment id"):
+    with pytest.raises(GbmrError, match="environment id") as error:
         env_family("ALE/NotAGame-v5")
+    message = str(error.value)  # small families listed in full, Atari's >100 ids summarised
+    assert "MinAtar/Breakout-v1" in message and "GridMaze-Paper-v0" in message and "CartPole-v1" in message
+    assert re.search(r"atari: \d{3} ids such as ALE/Adventure-v5", message) and "ALE/Zaxxon-v5" not in message
     with pytest.raises(GbmrError) as error:
         make_env("ALE/Pong-v5", noop=3)
     assert "'noop'" in str(error.value) and "noop_max=30" in str(error.value)

@@ -20,6 +20,7 @@ from gymnasium.spaces import Box
 from gbmr.errors import GbmrError, unknown_choice
 
 FAMILIES = ("classic", "minatar", "atari", "maze")
+_LISTED = 12  # a family with more ids (Atari: >100) is summarised in the unknown-id error
 
 
 def _family_module(family: str) -> ModuleType:
@@ -36,8 +37,11 @@ def env_family(env_id: str) -> str:
     for family in FAMILIES:
         if env_id in _family_module(family).env_ids():
             return family
-    all_ids = [i for ids in list_env_ids().values() for i in ids]
-    raise unknown_choice("environment id", env_id, all_ids)
+    by_family = list_env_ids()
+    listing = "; ".join(f"{family}: {', '.join(ids)}" if len(ids) <= _LISTED else
+                        f"{family}: {len(ids)} ids such as {', '.join(ids[:3])} (`gbmr list` prints them all)"
+                        for family, ids in by_family.items())
+    raise unknown_choice("environment id", env_id, [i for ids in by_family.values() for i in ids], listing)
 
 
 def env_options(env_id: str) -> dict[str, object]:
