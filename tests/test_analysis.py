@@ -206,6 +206,18 @@ def test_hyperparameter_variants_and_plot(tmp_path):
     assert report.scores.set_index("method").loc["dqn (lr=0.001)", "mean"] == pytest.approx(30.5)
 
 
+def test_ablation_labels_name_only_what_changed(tmp_path):
+    """Most runs share a baseline config; each ablation is labelled by the keys it changed, not by every key
+    that varies somewhere (which would repeat ``k=50, missing=zero`` on every label)."""
+    for seed in range(3):
+        eval_run(tmp_path, "gbmr", "MinAtar/Breakout-v1", seed, [0.0, 5.0], agent={"k": 50, "missing": "zero"})
+    eval_run(tmp_path, "gbmr", "MinAtar/Breakout-v1", 7, [0.0, 8.0], agent={"k": 50, "missing": "skip"})
+    eval_run(tmp_path, "gbmr", "MinAtar/Breakout-v1", 8, [0.0, 9.0], agent={"k": 10, "missing": "skip"})
+    runs = load_runs([str(tmp_path)])
+    assert sorted({r.method for r in runs}) == ["gbmr", "gbmr (k=10, missing=skip)", "gbmr (missing=skip)"]
+    assert all(set(r.variant_values) == {"agent.k", "agent.missing"} for r in runs)  # hyperparameter plots
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,9 @@ def assign_variants(runs: list[Run]) -> None:
     """Label each run with the config values that differ among runs of its algorithm on the same env.
 
     Comparing within an env first keeps per-env presets (e.g. a different lr for Atari and MinAtar) from
-    splitting one algorithm into fake variants.
+    splitting one algorithm into fake variants. A key whose value most runs of the algorithm share (a
+    baseline with a few ablations) is named only in the labels of the runs that differ from it, so a label
+    says what was changed; a key without such a majority (a sweep) is named in every label.
     """
     flat = [{k: v for k, v in _flatten(r.config).items() if k not in BOOKKEEPING_KEYS} for r in runs]
     varying: dict[str, set[str]] = {}
@@ -167,10 +170,18 @@ def assign_variants(runs: list[Run]) -> None:
         keys = set().union(*(flat[i].keys() for i in members))
         keys = {k for k in keys if len({repr(flat[i].get(k)) for i in members}) > 1}
         varying.setdefault(algo, set()).update(keys)
+    usual: dict[tuple[str, str], str] = {}  # (algo, key) -> repr of the value a strict majority of runs have
+    for algo, keys in varying.items():
+        members = [i for i, run in enumerate(runs) if run.algo == algo]
+        for key in keys:
+            value, count = Counter(repr(flat[i].get(key)) for i in members).most_common(1)[0]
+            if 2 * count > len(members):
+                usual[algo, key] = value
     for run, values in zip(runs, flat, strict=True):
         keys = sorted(varying[run.algo])
         run.variant_values = {k: values.get(k) for k in keys}
-        run.variant = ", ".join(f"{k.removeprefix('agent.')}={values.get(k)}" for k in keys)
+        run.variant = ", ".join(f"{k.removeprefix('agent.')}={values.get(k)}" for k in keys
+                                if usual.get((run.algo, k)) != repr(values.get(k)))
 
 
 def load_runs(patterns: Sequence[str]) -> list[Run]:
