@@ -19,6 +19,10 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by `gbmr train`")
     parser.add_argument("--out", metavar="FILE.png",
                         help="where to save the picture (default: RUN_DIR/memory_graph.png)")
+    parser.add_argument("--episodes", type=int, default=0, metavar="N",
+                        help="also play N greedy episodes and report how the agent's reads went: how often the "
+                        "nearest node is an exact match or within dist_th, and how decisive the Q values are")
+    parser.add_argument("--seed", type=int, default=10_000, help="reset seed of the first greedy episode")
     parser.set_defaults(func=run_inspect)
 
 
@@ -27,6 +31,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     from gbmr.agents import ALGORITHMS, agent_class  # torch & co. only when used
     from gbmr.agents.gq import GQAgent
     from gbmr.analysis.inspect_graph import GridLayout, draw_memory_graph
+    from gbmr.analysis.memory_reads import greedy_read_stats
     from gbmr.envs import make_env
     from gbmr.errors import GbmrError
     from gbmr.experiment.run_dir import RunDir
@@ -43,13 +48,18 @@ def run_inspect(args: argparse.Namespace) -> int:
         raise GbmrError(f"--out must be a .png file, got '{out}'")
     if not out.parent.is_dir():
         raise GbmrError(f"folder '{out.parent}' of --out does not exist")
+    if args.episodes < 0:
+        raise GbmrError(f"--episodes must be >= 0, got {args.episodes}")
     config, agent = load_trained_agent(run.path)
     env = make_env(config.env, config.seed, training=False, **config.env_options)
     grid = GridLayout.from_env(env) if config.agent.encoder == "identity" else None
+    reads = greedy_read_stats(agent, env, args.episodes, args.seed) if args.episodes else None
     env.close()
     # GQ never reconstructs: no critical nodes, no paths
     summary = draw_memory_graph(agent.graph, getattr(agent, "last_critical", []), getattr(agent, "last_paths", []),
                                 out, title=f"{algo} on {config.env}, step {agent.steps:,}", grid=grid)
     print(f"memory graph picture: {out}")
     print(summary.line())
+    if reads is not None:
+        print(reads.line())
     return 0

@@ -115,3 +115,35 @@ def test_draw_caps_nodes_and_counts(tmp_path):
     assert summary == (5, 4, 2, 1, 3)
     assert summary.line() == "5 nodes (drew the 3 most visited), 4 edges, 2 critical nodes, 1 reconstructed paths"
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_greedy_read_stats_match_a_brute_force_oracle(maze_run, capsys):
+    """The statistics of `inspect --episodes` against a plain loop that finds each read's nearest node among
+    all alive nodes; both agents are restored from the same checkpoint, so they play the same episodes."""
+    from gbmr.analysis.memory_reads import greedy_read_stats
+    from gbmr.envs import make_env
+
+    config, agent = load_trained_agent(maze_run)
+    stats = greedy_read_stats(agent, make_env(config.env, config.seed, training=False), episodes=2, seed=50)
+    _, oracle = load_trained_agent(maze_run)
+    env, graph = make_env(config.env, config.seed, training=False), oracle.graph
+    keys = graph.node_keys[graph.alive_nodes()].astype(np.float64)
+    nearest, returns = [], []
+    for episode in range(2):
+        obs, _ = env.reset(seed=50 + episode)
+        done, total = False, 0.0
+        while not done:
+            nearest.append(np.sqrt(((keys - oracle.embed(obs[None])) ** 2).sum(1)).min())
+            obs, reward, terminated, truncated, _ = env.step(int(oracle.act(obs[None], explore=False)[0]))
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+    nearest = np.array(nearest)
+    assert stats.steps == nearest.size and stats.mean_return == pytest.approx(np.mean(returns))
+    assert stats.exact == pytest.approx(np.mean(nearest == 0)) and stats.median_nearest == pytest.approx(
+        np.median(nearest))
+    assert stats.within_threshold == pytest.approx(np.mean(nearest < config.agent.dist_th))
+    assert stats.median_gap >= 0.0
+    capsys.readouterr()
+    assert main(["inspect", str(maze_run), "--episodes", "2", "--seed", "50"]) == 0
+    assert stats.line() in capsys.readouterr().out
+    assert main(["inspect", str(maze_run), "--episodes", "-1"]) == 2
