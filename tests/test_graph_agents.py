@@ -100,6 +100,18 @@ def _play(agent, env, steps, seed=0):
     return actions, np.array(qs)
 
 
+def flat_items(state, prefix=""):
+    """(dotted key, value) of a nested state dict (lists of dicts too)."""
+    for key, value in state.items():
+        if isinstance(value, dict):
+            yield from flat_items(value, f"{prefix}{key}.")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for i, item in enumerate(value):
+                yield from flat_items(item, f"{prefix}{key}.{i}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def _saved(agent):
     buf = io.BytesIO()
     torch.save(agent.state_dict(), buf)
@@ -107,9 +119,11 @@ def _saved(agent):
     return torch.load(buf, weights_only=True)
 
 
-def test_gbmr_checkpoint_resumes_identically():
+@pytest.mark.parametrize("index", ["exact", "hnsw"])
+def test_gbmr_checkpoint_resumes_identically(index):
+    """hnsw: the index rebuilds itself from what it saves (hnswlib keeps no RNG state), so it matches too."""
     config = GBMRConfig(encoder="identity", capacity=128, k=1, dist_th=0.5, eta=0.1, gamma=0.9, n_step=5,
-                        eps_start=0.2, eps_end=0.2, reconstruct_every=100, exploration_trick=True)
+                        eps_start=0.2, eps_end=0.2, reconstruct_every=100, exploration_trick=True, index=index)
     env_a, env_b = make_env(MAZE), make_env(MAZE)
     a = _agent(GBMRAgent, config, env_a, seed=11)
     _play(a, env_a, 700)  # mid-episode: the collector holds an unfinished episode
@@ -122,6 +136,11 @@ def test_gbmr_checkpoint_resumes_identically():
     np.testing.assert_array_equal(q_a, q_b)
     assert a.reconstructions == b.reconstructions > 1
     assert a.graph.num_edges == b.graph.num_edges
+    if index == "hnsw":
+        saved_a, saved_b = _saved(a), _saved(b)  # the hnswlib graphs themselves, not only what they return
+        hnsw_a = [v for k, v in flat_items(saved_a) if k.endswith("link_lists")]
+        hnsw_b = [v for k, v in flat_items(saved_b) if k.endswith("link_lists")]
+        assert hnsw_a and all(torch.equal(x, y) for x, y in zip(hnsw_a, hnsw_b, strict=True))
 
 
 @pytest.mark.parametrize("cls", [GQAgent, GBMRAgent])

@@ -172,6 +172,26 @@ def test_state_dict_round_trip_across_backends(source: str, target: str) -> None
         make_index(target, 401, 8).load_state_dict(index.state_dict())
 
 
+def test_hnsw_inserts_after_a_checkpoint_as_the_loaded_copy_does() -> None:
+    """hnswlib does not save its level RNG; the saved index re-seats itself on its saved graph, so that an
+    uninterrupted run and one resumed from the checkpoint build the same graph from the same later inserts."""
+    rng = np.random.default_rng(5)
+    keys = rng.normal(size=(2000, 16)).astype(np.float32)
+    live = HNSWIndex(2000, 16, ef_search=10)
+    live.add(np.arange(1000), keys[:1000])
+    state = roundtrip(live.state_dict())
+    resumed = HNSWIndex(2000, 16, ef_search=10)
+    resumed.load_state_dict(state)
+    for index in (live, resumed):
+        index.add(np.arange(1000, 2000), keys[1000:])
+        index.add(np.arange(0, 2000, 7), keys[::7] + 0.1)  # moved points (hnswlib updatePoint)
+    saved_live, saved_resumed = live.state_dict()["hnsw"], resumed.state_dict()["hnsw"]
+    for name in ("element_levels", "link_lists", "data_level0"):
+        assert torch.equal(saved_live[name], saved_resumed[name]), name
+    queries = rng.normal(size=(50, 16)).astype(np.float32)  # ef 10: approximate, so graph-dependent
+    np.testing.assert_array_equal(live.search(queries, 10)[1], resumed.search(queries, 10)[1])
+
+
 def test_make_index_choices() -> None:
     assert isinstance(make_index("auto", 99_999, 4), ExactIndex)
     assert isinstance(make_index("auto", 100_000, 4, ef_search=10), HNSWIndex)

@@ -291,12 +291,23 @@ class HNSWIndex(KeyIndex):
 
     def state_dict(self) -> dict[str, Any]:
         """The backend-neutral state plus hnswlib's graph itself, so that a loaded index searches exactly as
-        the saved one did (re-adding the keys would build another graph). hnswlib does not save the random
-        state that draws new points' levels: later inserts may build a slightly different graph."""
+        the saved one did (re-adding the keys would build another graph).
+
+        hnswlib does not save the random state that draws new points' levels; a graph rebuilt from saved
+        parameters restarts it from the seed. So this index also swaps its own graph for one rebuilt from what
+        it saves: from here on it inserts exactly as a copy loaded from this state will, and a resumed run
+        builds the same graph as the uninterrupted one."""
         state = super().state_dict()
         params = self._graph.__getstate__()[0]
+        self._graph = self._rebuilt(params)
         state["hnsw"] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in params.items()}
         return state
+
+    def _rebuilt(self, params: dict[str, Any]) -> hnswlib.Index:
+        graph = hnswlib.Index.__new__(hnswlib.Index)  # pybind11 pickling constructs in place
+        graph.__setstate__((params,))
+        graph.set_ef(self.ef_search)
+        return graph
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore hnswlib's graph when it was saved with the same capacity, M and ef_construction, else
@@ -306,11 +317,7 @@ class HNSWIndex(KeyIndex):
                 self.capacity, self.M, self.ef_construction, self.dim):
             super().load_state_dict(state)
             return
-        params = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in saved.items()}
-        graph = hnswlib.Index.__new__(hnswlib.Index)  # pybind11 pickling constructs in place
-        graph.__setstate__((params,))
-        graph.set_ef(self.ef_search)
-        self._graph = graph
+        self._graph = self._rebuilt({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in saved.items()})
         slots = as_array(state["slots"], np.int64)
         self._alive[:] = False
         self._alive[slots] = True
