@@ -9,9 +9,13 @@ capacity do. The statistics below say which regime a run is in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
+import gymnasium as gym
 import numpy as np
+
+if TYPE_CHECKING:
+    from gbmr.agents.gq import GQAgent
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class ReadStats:
                 f"between the best two actions {self.median_gap:.3g}")
 
 
-def greedy_read_stats(agent: Any, env: Any, episodes: int, seed: int) -> ReadStats:
+def greedy_read_stats(agent: GQAgent, env: gym.Env, episodes: int, seed: int) -> ReadStats:
     """Play ``episodes`` greedy episodes of a graph agent (GQ and its subclasses) on ``env`` (reset seeds
     ``seed``, ``seed + 1``, ...) and measure, at every step, the read the action came from."""
     cfg, graph = agent.config, agent.graph
