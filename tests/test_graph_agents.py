@@ -70,6 +70,27 @@ def test_gq_writes_episode_with_n_step_returns():
     assert agent.act(path[:1], explore=False)[0] == 3
 
 
+
+@pytest.mark.parametrize(("backup_eta", "expected"), [
+    (1.0, [2.0, 2.0, 4.0]),  # value iteration: exact discounted returns of the chain
+    (0.0, [1.0, 0.2, 4.0]),  # 0 = the write rate eta 0.1: one iteration moves 10% of the way
+])
+def test_gbmr_sweep_backup_rate_hand_computed(backup_eta, expected):
+    """One-step writes of a terminated 3-step line, then a reconstruction of full sweeps at episode end.
+    Writes (n = 1, gamma .5, V read before the write = 0): R = r = [1, 0, 4]. Value iteration (rate 1,
+    3 sweeps): w2 = 4, w1 = 0 + .5 * 4 = 2, w0 = 1 + .5 * 2 = 2. Rate .1, 1 sweep (from the written weights):
+    w1 = 0 + .1 (0 + .5 * 4 - 0) = .2, w0 = 1 + .1 (1 + .5 * 0 - 1) = 1."""
+    env = make_env(MAZE)
+    config = GBMRConfig(encoder="identity", capacity=16, k=1, dist_th=0.5, gamma=0.5, n_step=1, eta=0.1,
+                        critical="none", reconstruct_every=1, sweeps=3 if backup_eta else 1, backup_eta=backup_eta)
+    agent = _agent(GBMRAgent, config, env)
+    path = np.array([[0, 0], [0, 1], [0, 2], [0, 3]])
+    for t, reward in enumerate([1.0, 0.0, 4.0]):
+        agent.observe(path[t:t + 1], np.array([3]), np.array([reward]), path[t + 1:t + 2],
+                      np.array([t == 2]), np.array([False]))
+    assert agent.reconstructions == 1
+    np.testing.assert_allclose(agent.q_values(path[:3])[:, 3], expected)
+
 def test_evaluation_does_not_change_memory_or_training_rng():
     env = make_env(MAZE)
     agent = _agent(GBMRAgent, GBMRConfig(encoder="identity", capacity=128, k=1, dist_th=0.5, n_step=1,

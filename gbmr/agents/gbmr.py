@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from gbmr.agents.gq import GQAgent, GQConfig
-from gbmr.errors import unknown_choice
+from gbmr.errors import GbmrError, unknown_choice
 from gbmr.experiment.state import to_numpy, to_saveable
 from gbmr.memory.episodes import Episode
 from gbmr.memory.graph import PATH_SCORES
@@ -36,6 +36,7 @@ class GBMRConfig(GQConfig):
     gnn_hops: int = 2
     path_score: str = "shortest"  # shortest | reward | diversity
     sweeps: int = 0  # full-graph backup iterations per reconstruction
+    backup_eta: float = 0.0  # rate of the path backups and sweeps (0: eta, the write rate; 1: value iteration)
     expert_episodes: int = 10  # best episodes kept for `crossing` and the exploration trick
     reference_backup: bool = False  # target = V(dst) alone, as the reference code
     exploration_trick: bool = False  # random actions past 0.9 x mean expert episode length
@@ -61,6 +62,8 @@ class GBMRAgent(GQAgent):
             raise unknown_choice("critical-node mode", config.critical, CRITICAL)
         if config.path_score not in PATH_SCORES:
             raise unknown_choice("path score", config.path_score, PATH_SCORES)
+        if not 0.0 <= config.backup_eta <= 1.0:
+            raise GbmrError(f"backup_eta must lie in [0, 1] (0: use eta), got {config.backup_eta}")
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
         # the best episodes so far, best first: node ids, rewards, return (sum of rewards), length
         self.experts: list[tuple[np.ndarray, np.ndarray, float, int]] = []
@@ -106,10 +109,11 @@ class GBMRAgent(GQAgent):
         """One reconstruction: critical nodes, paths between them, backups along the paths, sweeps."""
         cfg = self.config
         critical = self.critical_nodes()
+        rate = cfg.backup_eta or cfg.eta
         paths = self.graph.reconstruct_paths(critical, cfg.path_score) if critical.size >= 2 else []
-        self.graph.backup_paths(paths, cfg.gamma, cfg.eta, cfg.reference_backup)
+        self.graph.backup_paths(paths, cfg.gamma, rate, cfg.reference_backup)
         if cfg.sweeps > 0:
-            self.graph.sweep(cfg.gamma, cfg.eta, cfg.sweeps, cfg.reference_backup)
+            self.graph.sweep(cfg.gamma, rate, cfg.sweeps, cfg.reference_backup)
         self.reconstructions += 1
         self.last_critical, self.last_paths = critical, paths
         return {"critical": float(critical.size), "paths": float(len(paths))}
