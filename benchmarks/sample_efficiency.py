@@ -2,7 +2,7 @@
 
     python benchmarks/sample_efficiency.py                       # (a) maze, 10 seeds x 3 agents: ~5 min, 1 core
     python benchmarks/sample_efficiency.py --seeds 3 --workers 2
-    python benchmarks/sample_efficiency.py --minatar             # (b) 5 agents x 5 games x 3 seeds x 500k steps: DAYS
+    python benchmarks/sample_efficiency.py --minatar             # (b) 6 agents x 5 games x 3 seeds x 500k steps: DAYS
     python benchmarks/sample_efficiency.py --minatar --steps 2000 --seeds 1 --games Breakout   # (b), smoke size
     python benchmarks/sample_efficiency.py --minatar --games Breakout --algos dqn gbmr          # (b), a subset
     python benchmarks/sample_efficiency.py --nec-atari           # (c) print the 10M-frame Atari command
@@ -14,7 +14,7 @@ three (1-based; lower is better). A seed that never gets there counts as the num
 (a lower bound, marked ">"). GBMR vs GQ vs tabular Q-learning, ``--seeds`` seeds (1..N).
 
 (b) **MinAtar** (Breakout, Asterix, Freeway, SpaceInvaders, Seaquest) at ``--steps`` agent steps (MinAtar has no
-frame skip: steps = frames), ``--seeds`` seeds: GBMR, GQ, NEC, MFEC, DQN, each with its ``minatar`` preset
+frame skip: steps = frames), ``--seeds`` seeds: GBMR, GBMR-sweep, GQ, NEC, MFEC, DQN, each with its ``minatar`` preset
 (GBMR / GQ: 5e4 nodes, dist_th 0.5). A sweep file is written to ``OUT/sweep.yaml`` and run by
 ``gbmr.experiment.sweep`` (complete runs are skipped and interrupted ones resumed on a second call), then
 ``gbmr compare`` writes the report (mean greedy-evaluation return with bootstrap CIs, rliable aggregates) to
@@ -46,7 +46,7 @@ MAZE_ALGOS = ("gbmr", "gq", "qlearning")
 GOAL_RETURN = 100.0
 RELIABLE = 3  # consecutive goal-reaching episodes
 MINATAR_GAMES = ("Breakout", "Asterix", "Freeway", "SpaceInvaders", "Seaquest")
-MINATAR_ALGOS = ("gbmr", "gq", "nec", "mfec", "dqn")
+MINATAR_ALGOS = ("gbmr", "gbmr-sweep", "gq", "nec", "mfec", "dqn")
 NEC_GAMES = ("Alien", "Frostbite", "Hero", "MsPacman", "Pong")
 
 
