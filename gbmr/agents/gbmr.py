@@ -4,7 +4,9 @@ Every ``reconstruct_every`` steps, at the next episode end: pick critical nodes 
 non-zero reward shared by two or more of the best ``expert_episodes`` episodes, the reference default;
 ``degree``; ``cluster``, GCMR; ``gnn``; ``none``), join every ordered pair by a path (``shortest``, ``reward``,
 ``diversity``), back the values up along the paths last edge first, and optionally sweep all edges
-(``sweeps`` iterations of value iteration on the graph). Options of the reference code: ``reference_backup``
+(``sweeps`` iterations of value iteration on the graph). Backups move each edge weight at rate ``backup_eta``
+towards its target (default: the write rate ``eta``; 1 replaces it, so enough sweeps converge to the Bellman
+optimum of the empirical graph). Options of the reference code: ``reference_backup``
 (target max next weight, no reward or discount) and the exploration trick (act at random once an episode runs
 past 0.9 x the mean length of the expert episodes).
 
