@@ -70,7 +70,6 @@ def test_gq_writes_episode_with_n_step_returns():
     assert agent.act(path[:1], explore=False)[0] == 3
 
 
-
 @pytest.mark.parametrize(("backup_eta", "expected"), [
     (1.0, [2.0, 2.0, 4.0]),  # value iteration: exact discounted returns of the chain
     (0.0, [1.0, 0.2, 4.0]),  # 0 = the write rate eta 0.1: one iteration moves 10% of the way
@@ -90,6 +89,7 @@ def test_gbmr_sweep_backup_rate_hand_computed(backup_eta, expected):
                       np.array([t == 2]), np.array([False]))
     assert agent.reconstructions == 1
     np.testing.assert_allclose(agent.q_values(path[:3])[:, 3], expected)
+
 
 def test_evaluation_does_not_change_memory_or_training_rng():
     env = make_env(MAZE)
