@@ -1,7 +1,9 @@
-"""NEC's speed on MinAtar Breakout (minatar preset: 3 actions, 5e4 entries per DND, exact index, k = 50, MinAtar
-CNN encoder, a learner step of 32 every 4 steps), this tree against an older one, measured side by side.
+"""NEC's speed on MinAtar Breakout (minatar preset: 3 actions, 5e4 entries per DND, HNSW index, k = 50, MinAtar
+CNN encoder, a learner step of 32 every 4 steps), this tree against an older one or the exact index against
+HNSW, measured side by side.
 
     python benchmarks/nec_speed.py                               # this tree only
+    python benchmarks/nec_speed.py --indexes exact,hnsw          # the preset with each index (exact = before)
     git worktree add /tmp/gbmr_old <commit>                       # (or copy an older gbmr/ package somewhere)
     python benchmarks/nec_speed.py --baseline /tmp/gbmr_old       # before/after table, ~3-4 min on 2 busy cores
 
@@ -17,7 +19,7 @@ alternating, ``--repeats`` times; the table shows the best repeat (the least dis
 
 Per component: mean ms per env step spent in ``act``, ``observe`` (bootstrap read + write) and ``update`` (the
 learner step every 4 steps), timed by wrapping the agent's methods; steps/s of the run includes the env and
-the runner. One torch thread.
+the runner. One torch thread. With ``--indexes`` the first index listed is the "before" of the speed-up column.
 """
 
 from __future__ import annotations
@@ -49,13 +51,16 @@ def timed_methods(cls: type, totals: dict[str, float]) -> None:
         setattr(cls, name, wrapper)
 
 
+OVERRIDES: list[str] = []  # the worker's --set keys
+
+
 def config(steps: int):
     from gbmr.agents.nec import NECConfig
     from gbmr.config import build_config
     from gbmr.envs import env_family
 
     return build_config("nec", ENV, NECConfig, env_family(ENV), seed=1, total_steps=steps,
-                        overrides=["device=cpu", "eval_episodes=0"])
+                        overrides=["device=cpu", "eval_episodes=0", *OVERRIDES])
 
 
 def run_regime(steps: int) -> dict[str, float]:
@@ -120,14 +125,15 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
+    OVERRIDES.extend(args.set)
     result = run_regime(args.steps) if args.worker == "run" else full_regime(args.full_steps)
     print(json.dumps(result))
 
 
-def measure(tree: Path, regime: str, args: argparse.Namespace) -> dict[str, float]:
+def measure(tree: Path, overrides: list[str], regime: str, args: argparse.Namespace) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     cmd = [sys.executable, __file__, "--worker", regime, "--steps", str(args.steps),
-           "--full-steps", str(args.full_steps)]
+           "--full-steps", str(args.full_steps), *(f"--set={o}" for o in overrides)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=tempfile.gettempdir())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -139,26 +145,32 @@ def main() -> None:
     parser.add_argument("--full-steps", type=int, default=1000, help="steps of the full-memory regime")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--regimes", default="run,full")
+    parser.add_argument("--indexes", help="comma-separated index kinds to compare on this tree (exact,hnsw)")
     parser.add_argument("--worker", choices=("run", "full"), help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
-    variants = {"after": Path(__file__).resolve().parents[1]}
+    here = Path(__file__).resolve().parents[1]
+    variants: dict[str, tuple[Path, list[str]]] = {"after": (here, [])}
+    if args.indexes:
+        variants = {f"index {kind}": (here, [f"agent.index={kind}"]) for kind in args.indexes.split(",")}
     if args.baseline is not None:
-        variants = {"before": args.baseline.resolve(), **variants}
+        variants = {"before": (args.baseline.resolve(), []), **variants}
+    before = next(iter(variants))
     best: dict[tuple[str, str], dict[str, float]] = {}
     for regime in args.regimes.split(","):
         for _ in range(args.repeats):
-            for name, tree in variants.items():
-                result = measure(tree, regime, args)
+            for name, (tree, overrides) in variants.items():
+                result = measure(tree, overrides, regime, args)
                 key = (regime, name)
                 if key not in best or result["steps_per_s"] > best[key]["steps_per_s"]:
                     best[key] = result
     print("| regime | variant | steps/s | act ms/step | observe ms/step | update ms/step | speed-up |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for (regime, name), r in best.items():
-        base = best.get((regime, "before"), r)["steps_per_s"]
+        base = best[(regime, before)]["steps_per_s"]
         label = f"run {args.steps} steps" if regime == "run" else f"full memory, {args.full_steps} steps"
         print(f"| {label} | {name} | {r['steps_per_s']:.0f} | {r['act']:.2f} | {r['observe']:.2f} "
               f"| {r['update']:.2f} | {r['steps_per_s'] / base:.2f}x |")

@@ -233,6 +233,7 @@ class HNSWIndex(KeyIndex):
 
     Adds run on ``add_threads`` threads (1 = the same graph for the same writes, hence reproducible runs);
     queries use every core (results do not depend on it). Recall grows with ``ef_search`` (>= k is used).
+    The keys are mirrored in a numpy array, so ``get`` is a take (hnswlib's ``get_items`` costs ~8 us a key).
     """
 
     def __init__(self, capacity: int, dim: int, M: int = 16, ef_construction: int = 100,
@@ -240,6 +241,7 @@ class HNSWIndex(KeyIndex):
         super().__init__(capacity, dim)
         self.M, self.ef_construction, self._ef_search = M, ef_construction, ef_search
         self.add_threads, self.seed = add_threads, seed
+        self._keys = np.zeros((self.capacity, self.dim), dtype=np.float32)
         self._clear()
 
     @property
@@ -259,6 +261,7 @@ class HNSWIndex(KeyIndex):
 
     def _add(self, slots: np.ndarray, keys: np.ndarray) -> None:
         self._graph.add_items(keys, slots, num_threads=self.add_threads)
+        self._keys[slots] = keys
 
     def _remove(self, slots: np.ndarray) -> None:
         for slot in slots.tolist():  # hnswlib marks one label per call; removals are rare and small
@@ -284,10 +287,7 @@ class HNSWIndex(KeyIndex):
         return np.take_along_axis(part, order, 1).astype(np.float32), slots[np.take_along_axis(idx, order, 1)]
 
     def get(self, slots: np.ndarray) -> np.ndarray:
-        slots = np.asarray(slots, dtype=np.int64)
-        if slots.size == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.asarray(self._graph.get_items(slots, return_type="numpy"), dtype=np.float32)
+        return self._keys[np.asarray(slots, dtype=np.int64)]
 
     def state_dict(self) -> dict[str, Any]:
         """The backend-neutral state plus hnswlib's graph itself, so that a loaded index searches exactly as
@@ -322,6 +322,7 @@ class HNSWIndex(KeyIndex):
         self._alive[:] = False
         self._alive[slots] = True
         self._n = slots.size
+        self._keys[slots] = as_array(state["keys"], np.float32)
 
 
 class ExactIndexStack:
