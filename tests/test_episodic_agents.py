@@ -159,14 +159,15 @@ def roll(agent, steps: int, seed: int = 0) -> None:
         obs = env.reset()[0] if terminated or truncated else next_obs
 
 
-@pytest.mark.parametrize("algo", ["mfec", "nec"])
-def test_state_dict_round_trip_gives_identical_q(algo):
+@pytest.mark.parametrize("algo, index", [("mfec", "exact"), ("mfec", "hnsw"), ("nec", "exact"), ("nec", "hnsw")])
+def test_state_dict_round_trip_gives_identical_q(algo, index):
+    """hnsw: the tables save hnswlib's graph itself, so the restored index searches and grows as the saved one."""
     def build():
         if algo == "mfec":
-            cfg, cls = MFECConfig(capacity=500, dim=8), MFECAgent
+            cfg, cls = MFECConfig(capacity=500, dim=8, index=index), MFECAgent
         else:
-            cfg, cls = NECConfig(capacity=500, dim=8, hidden=(16,), n_step=5, learning_starts=50,
-                                 lr=1e-3, dnd_lr=1e-2, index_tolerance=1e-4), NECAgent  # stale index keys
+            cfg, cls = NECConfig(capacity=500, dim=8, hidden=(16,), n_step=5, learning_starts=50, lr=1e-3,
+                                 dnd_lr=1e-2, index_tolerance=1e-4, index=index), NECAgent  # stale index keys
         return cls(cfg, CARTPOLE.observation_space, CARTPOLE.action_space, 1, torch.device("cpu"), 7, 1000)
 
     agent = build()
@@ -181,6 +182,11 @@ def test_state_dict_round_trip_gives_identical_q(algo):
     roll(agent, 50, seed=3)  # and they continue identically (window / episode in progress, RNG, replay)
     roll(restored, 50, seed=3)
     np.testing.assert_array_equal(restored.q_values(probe), agent.q_values(probe))
+    if index == "hnsw":  # the hnswlib graphs themselves, not only what they return
+        tables = "tables" if algo == "mfec" else "dnds"
+        graphs = [[table["index"]["hnsw"]["link_lists"] for table in a.state_dict()[tables]]
+                  for a in (agent, restored)]
+        assert all(torch.equal(x, y) for x, y in zip(*graphs, strict=True))
 
 
 # ----------------------------------------------------------------------------------------------- learning

@@ -59,11 +59,11 @@ class _SlotTable(ABC):
 
     @abstractmethod
     def _entries(self) -> dict[str, torch.Tensor]:
-        """``keys`` and ``values`` of slots ``[0, size)`` as CPU tensors."""
+        """What the table holds of slots ``[0, size)`` beside the index, as CPU tensors."""
 
     @abstractmethod
-    def _load_entries(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Restore slots ``[0, size)`` (the index is rebuilt by the caller)."""
+    def _load_entries(self, entries: dict[str, torch.Tensor]) -> None:
+        """Restore slots ``[0, size)`` from ``_entries``' tensors (the index is restored by the caller)."""
 
     # --- shared --------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -136,13 +136,15 @@ class _SlotTable(ABC):
         return fresh
 
     def state_dict(self) -> dict[str, Any]:
-        """Filled entries, use times and clock; the index is rebuilt from the keys on load."""
+        """Filled entries, use times, clock and the index's own state (for HNSW its graph, so that a loaded
+        table chooses the same neighbours and grows its index as the saved one)."""
         return {
             "capacity": self.capacity,
             "dim": self.dim,
             "size": self.size,
             "clock": self.clock,
             "last_use": torch.from_numpy(self.last_use[: self.size].copy()),
+            "index": self.index.state_dict(),
             **self._entries(),
         }
 
@@ -155,9 +157,8 @@ class _SlotTable(ABC):
         self.size, self.clock = int(state["size"]), int(state["clock"])
         self.last_use[:] = 0
         self.last_use[: self.size] = state["last_use"].numpy()
-        self._load_entries(state["keys"], state["values"])
-        self.index.clear()
-        self.index.add(np.arange(self.size), state["keys"].numpy())
+        self._load_entries(state)
+        self.index.load_state_dict(state["index"])
 
 
 class DND(_SlotTable):
@@ -231,29 +232,16 @@ class DND(_SlotTable):
         self.values[s] = torch.from_numpy(returns).to(self.device)
 
     def _entries(self) -> dict[str, torch.Tensor]:
+        """The current keys (the index holds them as last indexed: within ``refresh_index``'s tolerance)."""
         return {"keys": self.keys.detach()[: self.size].cpu().clone(),
                 "values": self.values.detach()[: self.size].cpu().clone()}
 
     @torch.no_grad()
-    def _load_entries(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def _load_entries(self, entries: dict[str, torch.Tensor]) -> None:
         self.keys.zero_()
         self.values.zero_()
-        self.keys[: self.size] = keys.to(self.device)
-        self.values[: self.size] = values.to(self.device)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Also the indexed keys that differ from the current ones (moved within ``refresh_index``'s
-        tolerance), so that a loaded DND chooses the same neighbours as the saved one."""
-        state = super().state_dict()
-        indexed = self.index.get(np.arange(self.size))
-        stale = np.flatnonzero((indexed != state["keys"].numpy()).any(1))
-        state["stale_slots"], state["stale_keys"] = torch.from_numpy(stale), torch.from_numpy(indexed[stale])
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "stale_slots" in state:
-            self.index.add(state["stale_slots"], state["stale_keys"])
+        self.keys[: self.size] = entries["keys"].to(self.device)
+        self.values[: self.size] = entries["values"].to(self.device)
 
 
 class DNDRead(NamedTuple):
@@ -398,9 +386,8 @@ class EpisodicTable(_SlotTable):
         self.values[slots] = returns
 
     def _entries(self) -> dict[str, torch.Tensor]:
-        return {"keys": torch.from_numpy(self.index.get(np.arange(self.size))),
-                "values": torch.from_numpy(self.values[: self.size].copy())}
+        return {"values": torch.from_numpy(self.values[: self.size].copy())}  # the keys are the index's
 
-    def _load_entries(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def _load_entries(self, entries: dict[str, torch.Tensor]) -> None:
         self.values[:] = 0.0
-        self.values[: self.size] = values.numpy()
+        self.values[: self.size] = entries["values"].numpy()
