@@ -51,19 +51,16 @@ def timed_methods(cls: type, totals: dict[str, float]) -> None:
         setattr(cls, name, wrapper)
 
 
-OVERRIDES: list[str] = []  # the worker's --set keys
-
-
-def config(steps: int):
+def config(steps: int, overrides: list[str]):
     from gbmr.agents.nec import NECConfig
     from gbmr.config import build_config
     from gbmr.envs import env_family
 
     return build_config("nec", ENV, NECConfig, env_family(ENV), seed=1, total_steps=steps,
-                        overrides=["device=cpu", "eval_episodes=0", *OVERRIDES])
+                        overrides=["device=cpu", "eval_episodes=0", *overrides])
 
 
-def run_regime(steps: int) -> dict[str, float]:
+def run_regime(steps: int, overrides: list[str]) -> dict[str, float]:
     from gbmr.agents.nec import NECAgent
     from gbmr.experiment.train import start_run
 
@@ -71,12 +68,12 @@ def run_regime(steps: int) -> dict[str, float]:
     timed_methods(NECAgent, totals)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        start_run(config(steps), f"{tmp}/nec", progress=False)
+        start_run(config(steps, overrides), f"{tmp}/nec", progress=False)
         wall = time.perf_counter() - start
     return {"steps_per_s": steps / wall, **{k: 1e3 * v / steps for k, v in totals.items()}}
 
 
-def full_regime(steps: int, seed: int = 0) -> dict[str, float]:
+def full_regime(steps: int, overrides: list[str], seed: int = 0) -> dict[str, float]:
     import numpy as np
     import torch
 
@@ -84,7 +81,7 @@ def full_regime(steps: int, seed: int = 0) -> dict[str, float]:
     from gbmr.experiment.train import build_agent
 
     torch.set_num_threads(1)
-    cfg = config(10 * steps)
+    cfg = config(10 * steps, overrides)
     env = make_env(ENV, seed, training=True)
     agent = build_agent(cfg, env.observation_space, env.action_space)
     rng = np.random.default_rng(seed)
@@ -125,8 +122,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(1)
-    OVERRIDES.extend(args.set)
-    result = run_regime(args.steps) if args.worker == "run" else full_regime(args.full_steps)
+    result = run_regime(args.steps, args.set) if args.worker == "run" else full_regime(args.full_steps, args.set)
     print(json.dumps(result))
 
 
