@@ -70,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gbmr.inspect_cli import add_inspect_parser
 
     add_inspect_parser(sub)
-    from gbmr.vae_cli import add_pretrain_vae_parser
+    from gbmr.pretrain_cli import add_pretrain_parsers
 
-    add_pretrain_vae_parser(sub)
+    add_pretrain_parsers(sub)
     return parser
 
 

@@ -12,9 +12,10 @@ from gbmr.agents.mfec import MFECAgent, MFECConfig
 from gbmr.agents.nec import NECAgent, NECConfig
 from gbmr.cli import main
 from gbmr.errors import GbmrError
-from gbmr.experiment.vae_training import VAETraining, train_vae
+from gbmr.experiment.pretraining import Pretraining, train_vae
 from gbmr.nets.encoders import make_encoder
-from gbmr.nets.vae import VAE, load_vae, save_vae
+from gbmr.nets.pretrained import load_pretrained, save_pretrained
+from gbmr.nets.vae import VAE
 
 PLANES = gym.spaces.Box(0, 1, shape=(2, 10, 10), dtype=np.uint8)  # MinAtar-like
 
@@ -51,7 +52,7 @@ def test_vae_loss_decreases_on_a_tiny_dataset(one_thread):
     obs[np.arange(64), 0, r, c] = 1
     obs[np.arange(64), 1, 9, p] = 1
     returns = (9 - r).astype(np.float32)
-    cfg = VAETraining(env="-", seed=0, latent_dim=8, hidden=(32,), epochs=40, batch_size=16, lr=3e-3)
+    cfg = Pretraining(env="-", seed=0, latent_dim=8, hidden=(32,), epochs=40, batch_size=16, lr=3e-3)
     torch.manual_seed(0)
     history = train_vae(VAE(PLANES, 8, (32,)), obs, returns, cfg)
     first, last = history[0], history[-1]
@@ -63,72 +64,73 @@ def test_saved_vae_loads_with_weights_only_and_keys_the_agents(tmp_path):
     torch.manual_seed(0)
     vae = VAE(PLANES, latent_dim=6, hidden=(16,)).eval()
     path = tmp_path / "vae.pt"
-    save_vae(vae, path, env="test", steps=1)
+    save_pretrained(vae, PLANES, path, env="test", steps=1)
     data = torch.load(path, weights_only=True)
-    assert data["format"] == "gbmr-vae/1" and data["latent_dim"] == 6 and data["info"]["env"] == "test"
+    assert data["format"] == "gbmr-vae/2" and data["latent_dim"] == 6 and data["info"]["env"] == "test"
     assert not list(tmp_path.glob("*.tmp"))  # the atomic write left nothing behind
-    encoder = make_encoder("vae", PLANES, dim=64, vae_path=str(path))
+    encoder = make_encoder("vae", PLANES, dim=64, encoder_path=str(path))
     obs = torch.as_tensor(PLANES.sample()[None])
     assert encoder.dim == 6 and not encoder.trainable and not any(p.requires_grad for p in encoder.parameters())
     torch.testing.assert_close(encoder(obs), vae.encode(obs)[0])  # the posterior mean
-    for cls, cfg in ((GQAgent, GQConfig(encoder="vae", vae_path=str(path), capacity=8)),
-                     (NECAgent, NECConfig(encoder="vae", vae_path=str(path), capacity=8)),
-                     (MFECAgent, MFECConfig(encoder="vae", vae_path=str(path), capacity=8))):
+    for cls, cfg in ((GQAgent, GQConfig(encoder="vae", encoder_path=str(path), capacity=8)),
+                     (NECAgent, NECConfig(encoder="vae", encoder_path=str(path), capacity=8)),
+                     (MFECAgent, MFECConfig(encoder="vae", encoder_path=str(path), capacity=8))):
         agent = cls(cfg, PLANES, gym.spaces.Discrete(3), 1, torch.device("cpu"), 0, 100)
         assert agent.encoder.dim == 6
-    assert GQAgent(GQConfig(encoder="vae", vae_path=str(path), capacity=8), PLANES, gym.spaces.Discrete(3), 1,
+    assert GQAgent(GQConfig(encoder="vae", encoder_path=str(path), capacity=8), PLANES, gym.spaces.Discrete(3), 1,
                    torch.device("cpu"), 0, 100).learner is None  # frozen: nothing to train
 
 
 def test_unusable_vae_files_are_user_errors(tmp_path):
     path = tmp_path / "vae.pt"
-    save_vae(VAE(PLANES, latent_dim=4, hidden=(8,)), path)
+    save_pretrained(VAE(PLANES, latent_dim=4, hidden=(8,)), PLANES, path)
     with pytest.raises(GbmrError, match="does not exist"):
-        load_vae(tmp_path / "missing.pt", PLANES)
+        load_pretrained(tmp_path / "missing.pt", PLANES, "vae")
     with pytest.raises(GbmrError, match="was trained on observations"):
-        load_vae(path, gym.spaces.Box(0, 1, shape=(3, 10, 10), dtype=np.uint8))
+        load_pretrained(path, gym.spaces.Box(0, 1, shape=(3, 10, 10), dtype=np.uint8), "vae")
     (tmp_path / "junk.pt").write_text("not a torch file")
-    with pytest.raises(GbmrError, match="not a readable VAE file"):
-        load_vae(tmp_path / "junk.pt", PLANES)
+    with pytest.raises(GbmrError, match="not a readable encoder file"):
+        load_pretrained(tmp_path / "junk.pt", PLANES, "vae")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(GbmrError, match="not a gbmr VAE file"):
-        load_vae(tmp_path / "other.pt", PLANES)
-    with pytest.raises(GbmrError, match="needs vae_path"):
+    with pytest.raises(GbmrError, match="not a gbmr encoder file"):
+        load_pretrained(tmp_path / "other.pt", PLANES, "vae")
+    with pytest.raises(GbmrError, match="needs encoder_path"):
         make_encoder("vae", PLANES)
-    with pytest.raises(GbmrError, match="only used by encoder 'vae'"):
-        make_encoder("random_projection", PLANES, vae_path=str(path))
+    with pytest.raises(GbmrError, match="only used by the pretrained encoders"):
+        make_encoder("random_projection", PLANES, encoder_path=str(path))
 
 
 def test_pretrain_then_train_gq_with_the_vae(tmp_path, capsys):
     vae = tmp_path / "vae.pt"
     assert main(["pretrain-vae", "--env", "CartPole-v1", "--steps", "400", "--epochs", "2", "--hidden", "16",
                  "--out", str(vae)]) == 0
-    assert "VAE saved" in capsys.readouterr().out
+    assert "vae encoder saved" in capsys.readouterr().out
     assert torch.load(vae, weights_only=True)["info"]["steps"] == 400
     run = tmp_path / "run"
     assert main(["train", "--algo", "gq", "--env", "CartPole-v1", "--total-steps", "600", "--no-progress",
-                 "--run-dir", str(run), "--set", "encoder=vae", "--set", f"vae_path={vae}", "--set", "k=5",
+                 "--run-dir", str(run), "--set", "encoder=vae", "--set", f"encoder_path={vae}", "--set", "k=5",
                  "--set", "dist_th=0.01", "--set", "eval_every=0", "--set", "eval_episodes=1"]) == 0
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["nodes"].iloc[-1] > 5 and metrics["encoder_loss"].isna().all()
     checkpoint = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     saved = torch.load(vae, weights_only=True)["state_dict"]
-    torch.testing.assert_close(checkpoint["agent"]["encoder"]["mu.weight"], saved["mu.weight"])
+    torch.testing.assert_close(checkpoint["agent"]["encoder"]["head.weight"], saved["mu.weight"])
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["train", "--algo", "gq", "--env", "CartPole-v1", "--set", "encoder=vae", "--set", "vae_path=NOFILE"],
-     "VAE file 'NOFILE' does not exist"),
-    (["train", "--algo", "gbmr", "--env", "CartPole-v1", "--set", "encoder=vae"], "needs vae_path"),
-    (["train", "--algo", "gq", "--env", "MinAtar/Breakout-v1", "--preset", "minatar-vae"], "needs vae_path"),
-    (["train", "--algo", "gq", "--env", "Acrobot-v1", "--set", "encoder=vae", "--set", "vae_path=CARTPOLE"],
+    (["train", "--algo", "gq", "--env", "CartPole-v1", "--set", "encoder=vae", "--set", "encoder_path=NOFILE"],
+     "vae encoder file 'NOFILE' does not exist"),
+    (["train", "--algo", "gbmr", "--env", "CartPole-v1", "--set", "encoder=vae"], "needs encoder_path"),
+    (["train", "--algo", "gq", "--env", "MinAtar/Breakout-v1", "--preset", "minatar-vae"], "needs encoder_path"),
+    (["train", "--algo", "gq", "--env", "Acrobot-v1", "--set", "encoder=vae", "--set", "encoder_path=CARTPOLE"],
      "was trained on observations"),
     (["pretrain-vae", "--env", "CartPole-v1", "--out", "NODIR/vae.pt"], "of --out does not exist"),
     (["pretrain-vae", "--env", "CartPole-v1", "--out", "X.pt", "--epochs", "0"], "epochs must be at least 1"),
 ])
 def test_bad_vae_input_exits_2(tmp_path, capsys, argv, message):
     cartpole = tmp_path / "cartpole.pt"
-    save_vae(VAE(gym.make("CartPole-v1").observation_space, latent_dim=4, hidden=(8,)), cartpole)
+    space = gym.make("CartPole-v1").observation_space
+    save_pretrained(VAE(space, latent_dim=4, hidden=(8,)), space, cartpole)
     paths = {"NOFILE": str(tmp_path / "missing.pt"), "CARTPOLE": str(cartpole), "NODIR": str(tmp_path / "nodir"),
              "X.pt": str(tmp_path / "x.pt")}
     for key, value in paths.items():

@@ -8,12 +8,13 @@ embeddings, computed once when a step is observed; the collector holds embedding
 long Atari episode costs d floats per step. Evaluation (``explore=False``) reads only: memory, counters and
 the training RNG stay untouched.
 
-Encoders: ``identity`` (tabular mazes), ``random_projection`` (default), ``vae`` (a frozen VAE trained
-beforehand by ``gbmr pretrain-vae``, file ``vae_path``) and ``learned`` (GBMR.md "Encoder training"): every
-``learn_step`` env steps a batch of (obs, a, R) is drawn from a replay of the steps written so far (R the N-step
-return the step was written with) and RMSprop minimises (R - Q_lookup(phi(obs), a))^2, Q_lookup the kernel read
-of the graph with phi's gradient: the neighbours are the k nearest nodes of phi(obs), their keys and values
-Q(u_i, a) are constants, so only phi learns (``ReturnLearner`` and ``kernel_lookup``, shared with NEC).
+Encoders: ``identity`` (tabular mazes), ``random_projection`` (default), ``vae`` and ``inverse`` (frozen nets
+trained beforehand by ``gbmr pretrain-vae`` / ``pretrain-inverse``, file ``encoder_path``) and ``learned`` (GBMR.md
+"Encoder training"): every ``learn_step`` env steps a batch of (obs, a, R) is drawn from a replay of the steps
+written so far (R the N-step return the step was written with) and RMSprop minimises (R - Q_lookup(phi(obs), a))^2,
+Q_lookup the kernel read of the graph with phi's gradient: the neighbours are the k nearest nodes of phi(obs),
+their keys and values Q(u_i, a) are constants, so only phi learns (``ReturnLearner`` and ``kernel_lookup``, shared
+with NEC).
 
 Keys already in the graph were embedded by an older phi and are kept as they are, as in the reference code
 (the spec says nothing else). Re-embedding is not possible: a node is a merge of many states whose observations
@@ -50,11 +51,11 @@ ENCODER_STREAM, EVAL_STREAM = 1, 2  # derived seeds: the projection matrix and e
 
 @dataclass
 class GQConfig:
-    encoder: str = "random_projection"  # random_projection | identity | learned (trained here) | vae (pretrained)
-    embed_dim: int = 64  # ignored by identity (its dim is the observation size) and vae (its latent size)
+    encoder: str = "random_projection"  # random_projection | identity | learned (trained) | vae | inverse
+    embed_dim: int = 64  # ignored by identity (the observation size), vae and inverse (their latent size)
     torso: str = "auto"  # learned: auto | mlp | nature_cnn | minatar_cnn
     hidden: tuple[int, ...] = (256,)  # learned: MLP layers, or the fully connected layer after a CNN
-    vae_path: str = ""  # vae: the file written by `gbmr pretrain-vae`
+    encoder_path: str = ""  # vae | inverse: the file of `gbmr pretrain-vae` | `gbmr pretrain-inverse`
     layout: str = "joint"  # joint | per_action (GBMR.md "The memory graph")
     capacity: int = 500_000  # nodes per table
     edge_capacity: int = 0  # 0 = 4 x nodes
@@ -96,7 +97,7 @@ class GQAgent(Agent):
         self.num_actions = int(action_space.n)
         self.encoder = make_encoder(config.encoder, observation_space, config.embed_dim,
                                     seed=derive_seed(seed, ENCODER_STREAM), hidden=config.hidden,
-                                    torso=config.torso, vae_path=config.vae_path).to(device)
+                                    torso=config.torso, encoder_path=config.encoder_path).to(device)
         # a trained encoder also needs each unfinished episode's observations, for the replay
         self.learner = ReturnLearner(self.encoder, observation_space, config) if self.encoder.trainable else None
         self.obs_collector = EpisodeCollector(num_envs) if self.learner is not None else None

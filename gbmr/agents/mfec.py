@@ -37,8 +37,8 @@ class MFECConfig:
     capacity: int = 100_000  # entries per action (preallocated)
     k: int = 11  # neighbours averaged for a state not in the table
     gamma: float = 1.0  # the paper's undiscounted Monte-Carlo returns
-    encoder: str = "random_projection"  # random_projection | identity | vae | learned (then it stays untrained)
-    vae_path: str = ""  # vae: the file written by `gbmr pretrain-vae`
+    encoder: str = "random_projection"  # random_projection | identity | vae | inverse | learned (stays untrained)
+    encoder_path: str = ""  # vae | inverse: the file of `gbmr pretrain-vae` | `gbmr pretrain-inverse`
     dim: int = 64
     index: str = "auto"  # exact | hnsw | auto (see gbmr.memory.knn)
     match_threshold: float = 1e-6  # squared distance under which two keys are the same state
@@ -75,7 +75,7 @@ class MFECAgent(Agent):
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
         self.num_actions = int(action_space.n)
         self.encoder = make_encoder(config.encoder, observation_space, config.dim,
-                                    seed=derive_seed(seed, ENCODER_STREAM), vae_path=config.vae_path).to(device)
+                                    seed=derive_seed(seed, ENCODER_STREAM), encoder_path=config.encoder_path).to(device)
         self.encoder.requires_grad_(False)
         self.tables = [
             EpisodicTable(config.capacity, self.encoder.dim, k=config.k, index=config.index, device=device,

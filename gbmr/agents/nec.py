@@ -47,8 +47,8 @@ class NECConfig:
     alpha: float = 0.1  # tabular learning rate of a merge
     n_step: int = 100
     gamma: float = 0.99
-    encoder: str = "learned"  # learned | random_projection | identity | vae (only learned is trained)
-    vae_path: str = ""  # vae: the file written by `gbmr pretrain-vae`
+    encoder: str = "learned"  # learned | random_projection | identity | vae | inverse (only learned trains)
+    encoder_path: str = ""  # vae | inverse: the file of `gbmr pretrain-vae` | `gbmr pretrain-inverse`
     dim: int = 64  # key size
     torso: str = "auto"  # auto | mlp | nature_cnn | minatar_cnn
     hidden: tuple[int, ...] = (256,)
@@ -83,7 +83,7 @@ class NECAgent(Agent):
         self.num_actions = int(action_space.n)
         self.encoder = make_encoder(config.encoder, observation_space, config.dim,
                                     seed=derive_seed(seed, ENCODER_STREAM), hidden=config.hidden,
-                                    torso=config.torso, vae_path=config.vae_path).to(device)
+                                    torso=config.torso, encoder_path=config.encoder_path).to(device)
         self.dnds = ActionDNDs(self.num_actions, config.capacity, self.encoder.dim, k=config.k, delta=config.delta,
                                alpha=config.alpha, index=config.index, device=device,
                                match_threshold=config.match_threshold)

@@ -6,9 +6,12 @@
   trained by the agent's loss through the kernel lookup.
 - ``identity``: the flattened observation itself, for tabular states (grid mazes) where exact keys matter.
 - ``vae`` (seed note 001): the posterior mean of a VAE trained beforehand (``gbmr pretrain-vae``, see
-  ``gbmr.nets.vae``), loaded from ``vae_path``; frozen, its size is the VAE's latent size (``dim`` is ignored).
+  ``gbmr.nets.vae``), loaded from ``encoder_path``; frozen, its size is the VAE's latent size (``dim`` is ignored).
+- ``inverse`` (seed note 000, NGU's memory keys): the embedding of an inverse-dynamics model trained beforehand
+  (``gbmr pretrain-inverse``, see ``gbmr.nets.inverse_dynamics``), what the agent's actions change; loaded from
+  ``encoder_path`` and frozen like ``vae``.
 
-uint8 observations (pixels) are scaled to [0, 1] by ``random_projection``, ``learned`` and ``vae`` (the torsos do);
+uint8 observations (pixels) are scaled to [0, 1] by all but ``identity`` (the torsos do);
 ``identity`` keeps the raw values so tabular keys stay the states' coordinates.
 """
 
@@ -22,10 +25,11 @@ import torch
 from torch import nn
 
 from gbmr.errors import GbmrError, unknown_choice
+from gbmr.nets.pretrained import COMMANDS, load_pretrained
+from gbmr.nets.pretrained import KINDS as PRETRAINED
 from gbmr.nets.torsos import input_scale, make_torso
-from gbmr.nets.vae import VAE, load_vae
 
-ENCODERS = ("random_projection", "learned", "identity", "vae")
+ENCODERS = ("random_projection", "learned", "identity", "vae", "inverse")
 
 
 class Encoder(nn.Module):
@@ -68,17 +72,18 @@ class LearnedEncoder(Encoder):
         return self.head(self.torso(obs))
 
 
-class VAEEncoder(Encoder):
-    """The encoder half of a pretrained VAE (torso + mean head), frozen: the memories' keys must not move
-    under a loss the VAE was not trained for. Its weights are in the agent's checkpoints like any encoder's."""
+class PretrainedEncoder(Encoder):
+    """The embedding half of a net trained beforehand (a VAE's torso + mean head, an inverse model's torso +
+    head), frozen: the memories' keys must not move under a loss the net was not trained for. Its weights are
+    in the agent's checkpoints like any encoder's."""
 
-    def __init__(self, vae: VAE) -> None:
-        super().__init__(vae.latent_dim)
-        self.torso, self.mu = vae.torso, vae.mu
+    def __init__(self, torso: nn.Module, head: nn.Linear) -> None:
+        super().__init__(head.out_features)
+        self.torso, self.head = torso, head
         self.requires_grad_(False)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.mu(self.torso(obs))
+        return self.head(self.torso(obs))
 
 
 def make_encoder(
@@ -88,19 +93,21 @@ def make_encoder(
     seed: int = 0,
     hidden: Sequence[int] = (256,),
     torso: str = "auto",
-    vae_path: str = "",
+    encoder_path: str = "",
 ) -> Encoder:
     """The encoder ``kind`` for this observation space; ``seed`` fixes the projection matrix or the initial
     weights (without touching torch's global RNG), so an agent's encoder depends on its seed only.
-    ``vae_path`` is the file of ``vae`` (and must be empty for the other kinds, so a typo cannot go unnoticed)."""
+    ``encoder_path`` is the file of ``vae`` and ``inverse`` (and must be empty for the other kinds, so a typo
+    cannot go unnoticed)."""
     if kind not in ENCODERS:
         raise unknown_choice("encoder", kind, ENCODERS)
-    if kind == "vae":
-        if not vae_path:
-            raise GbmrError("encoder 'vae' needs vae_path=FILE, a VAE trained by `gbmr pretrain-vae`")
-        return VAEEncoder(load_vae(vae_path, observation_space))
-    if vae_path:
-        raise GbmrError(f"vae_path is only used by encoder 'vae' (encoder is '{kind}'); set encoder=vae or drop it")
+    if kind in PRETRAINED:
+        if not encoder_path:
+            raise GbmrError(f"encoder '{kind}' needs encoder_path=FILE, the file written by `{COMMANDS[kind]}`")
+        return PretrainedEncoder(*load_pretrained(encoder_path, observation_space, kind).embedding_layers())
+    if encoder_path:
+        raise GbmrError(f"encoder_path is only used by the pretrained encoders {tuple(PRETRAINED)} (encoder is "
+                        f"'{kind}'); set encoder=vae or encoder=inverse, or drop it")
     if not isinstance(observation_space, gym.spaces.Box):
         raise GbmrError(f"encoder '{kind}' needs a Box (array) observation space, got {observation_space}")
     in_dim = int(np.prod(observation_space.shape))

@@ -13,15 +13,12 @@ memories with the posterior mean.
 Loss per sample: reconstruction (summed over the observation) + ``beta`` x KL(q(z|s) || N(0, I)) +
 ``value_weight`` x (V(z) - R)^2, R the Monte-Carlo return of the state.
 
-The file (``save_vae``) is a plain dict of tensors, strings and numbers, so it loads with
-``torch.load(weights_only=True)``; it records the observation shape, dtype and scale it was trained on, and
-``load_vae`` refuses an environment whose observations differ.
+Files: ``gbmr.nets.pretrained`` (shared with the inverse-dynamics encoder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -30,11 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gbmr.errors import GbmrError
-from gbmr.experiment.run_dir import atomic_torch_save
 from gbmr.nets.torsos import Scale, input_scale, make_torso, pick_torso
-
-VAE_FORMAT = "gbmr-vae/1"
 
 
 def mirror(torso: nn.Sequential, in_shape: tuple[int, ...], latent_dim: int, features: int) -> nn.Sequential:
@@ -64,7 +57,9 @@ def mirror(torso: nn.Sequential, in_shape: tuple[int, ...], latent_dim: int, fea
 
 
 class VAE(nn.Module):
-    """``forward(obs) -> (reconstruction logits or means, value, mu, logvar)``; ``embed`` is the posterior mean."""
+    """``forward(obs) -> (reconstruction logits or means, value, mu, logvar)``; the keys are the posterior mean."""
+
+    format = "gbmr-vae/2"
 
     def __init__(self, observation_space: gym.spaces.Box, latent_dim: int = 32, hidden: Sequence[int] = (256,),
                  torso: str = "auto") -> None:
@@ -105,41 +100,14 @@ class VAE(nn.Module):
         val = (value - returns).square().mean()
         return {"total": rec + beta * kl + value_weight * val, "reconstruction": rec, "kl": kl, "value": val}
 
+    def embedding_layers(self) -> tuple[nn.Module, nn.Module]:
+        """(torso, mean head): the part an ``encoder=vae`` keeps."""
+        return self.torso, self.mu
+
     def describe(self) -> dict[str, Any]:
-        """What ``load_vae`` needs to rebuild this net and check an environment against it."""
-        return {"format": VAE_FORMAT, "obs_shape": list(self.obs_shape), "scale": self.scale,
-                "bernoulli": self.bernoulli, "latent_dim": self.latent_dim, "hidden": list(self.hidden),
-                "torso": self.torso_kind}
+        """What ``from_description`` needs to rebuild this net (``gbmr.nets.pretrained`` saves it)."""
+        return {"latent_dim": self.latent_dim, "hidden": list(self.hidden), "torso": self.torso_kind}
 
-
-def save_vae(model: VAE, path: str | Path, **info: Any) -> None:
-    """Write the VAE atomically (temp file + fsync + rename); ``info`` (env id, steps, losses) is kept alongside."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_torch_save({**model.describe(), "info": info, "state_dict": state}, Path(path))
-
-
-def load_vae(path: str | Path, observation_space: gym.Space) -> VAE:
-    """The VAE saved at ``path``, checked against ``observation_space``; a clear GbmrError when it cannot be used."""
-    path = Path(path)
-    hint = "train one with `gbmr pretrain-vae --env ENV --steps N --out FILE`"
-    if not path.is_file():
-        raise GbmrError(f"VAE file '{path}' does not exist; {hint}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise GbmrError(f"'{path}' is not a readable VAE file ({type(exc).__name__}); {hint}") from None
-    if not isinstance(data, dict) or data.get("format") != VAE_FORMAT:
-        raise GbmrError(f"'{path}' is not a gbmr VAE file (expected format {VAE_FORMAT}); {hint}")
-    if not isinstance(observation_space, gym.spaces.Box):
-        raise GbmrError(f"encoder 'vae' needs a Box (array) observation space, got {observation_space}")
-    space = (list(observation_space.shape), input_scale(observation_space), observation_space.dtype == np.uint8)
-    trained = (list(data["obs_shape"]), data["scale"], data["bernoulli"])
-    if space != trained:
-        raise GbmrError(f"VAE '{path}' was trained on observations (shape, scale, uint8) = {tuple(trained)}, "
-                        f"this environment has {tuple(space)}; train one on this environment")
-    model = VAE(observation_space, data["latent_dim"], data["hidden"], data["torso"])
-    try:
-        model.load_state_dict(data["state_dict"])
-    except (RuntimeError, KeyError) as exc:
-        raise GbmrError(f"VAE file '{path}' does not match its own description: {exc}") from None
-    return model.eval()
+    @classmethod
+    def from_description(cls, observation_space: gym.spaces.Box, data: dict[str, Any]) -> VAE:
+        return cls(observation_space, data["latent_dim"], data["hidden"], data["torso"])
