@@ -154,3 +154,22 @@ def test_bad_inverse_input_exits_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_inverse_keys_let_gbmr_sweep_learn_freeway(tmp_path):
+    """MinAtar Freeway in 10k steps (4 episodes): keyed by the inverse encoder (20k steps of ez data), gbmr-sweep
+    crosses the road many times per greedy episode; keyed by the random projection it barely leaves the bottom
+    (measured, seed 1, 5 episodes: 14.0 vs 0.6, per episode 0-30 by the car speeds; at 450k steps ~20 vs 1.5)."""
+    encoder = tmp_path / "inverse.pt"
+    assert main(["pretrain-inverse", "--env", "MinAtar/Freeway-v1", "--steps", "20000", "--seed", "1",
+                 "--out", str(encoder)]) == 0
+    finals = {}
+    for name, keys in (("inverse", ["--preset", "minatar-inverse", "--set", f"encoder_path={encoder}"]),
+                       ("random", ["--preset", "minatar"])):
+        run = tmp_path / name
+        assert main(["train", "--algo", "gbmr-sweep", "--env", "MinAtar/Freeway-v1", "--seed", "1", "--total-steps",
+                     "10000", "--no-progress", "--run-dir", str(run), *keys, "--set", "eval_every=10000",
+                     "--set", "checkpoint_every=10000", "--set", "eval_episodes=5"]) == 0
+        finals[name] = pd.read_csv(run / "eval.csv")["mean_return"].iloc[-1]
+    assert finals["inverse"] >= 8 and finals["random"] <= 3, finals

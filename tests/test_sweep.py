@@ -155,7 +155,8 @@ def test_every_algorithm_env_pair_is_checked_on_a_real_env_up_front(tmp_path, mo
 
 def test_missing_sweep_file_names_the_shipped_ones(tmp_path):
     code, _, err = sweep(tmp_path / "nope.yaml")
-    assert code == 2 and "does not exist (shipped sweeps: cartpole-dqn-lr, minatar-dqn, tiny)" in err
+    shipped = "cartpole-dqn-lr, minatar-dqn, minatar-inverse-freeway, tiny"
+    assert code == 2 and f"does not exist (shipped sweeps: {shipped})" in err
 
 
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
