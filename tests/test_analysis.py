@@ -218,6 +218,17 @@ def test_ablation_labels_name_only_what_changed(tmp_path):
     assert all(set(r.variant_values) == {"agent.k", "agent.missing"} for r in runs)  # hyperparameter plots
 
 
+def test_a_key_missing_from_older_records_does_not_split_a_method(tmp_path):
+    """Runs saved before a config key existed lack it; they are the same method as the runs that record it
+    at one value, not a variant "key=None"."""
+    for seed in range(2):
+        eval_run(tmp_path, "gbmr", "MinAtar/Freeway-v1", seed, [0.0, 1.0], agent={"k": 50})
+    eval_run(tmp_path, "gbmr", "MinAtar/Freeway-v1", 2, [0.0, 2.0], agent={"k": 50, "backup_eta": 1.0})
+    eval_run(tmp_path, "gbmr", "MinAtar/Freeway-v1", 3, [0.0, 3.0], agent={"k": 5, "backup_eta": 1.0})
+    runs = load_runs([str(tmp_path)])
+    assert sorted(r.method for r in runs) == ["gbmr", "gbmr", "gbmr", "gbmr (k=5)"]
+
+
 # ---------------------------------------------------------------- bad input
 
 

@@ -159,7 +159,8 @@ def assign_variants(runs: list[Run]) -> None:
     Comparing within an env first keeps per-env presets (e.g. a different lr for Atari and MinAtar) from
     splitting one algorithm into fake variants. A key whose value most runs of the algorithm share (a
     baseline with a few ablations) is named only in the labels of the runs that differ from it, so a label
-    says what was changed; a key without such a majority (a sweep) is named in every label.
+    says what was changed; a key without such a majority (a sweep) is named in every label. A key missing from
+    a run's record (saved before the key existed) is left out of that run's label and of the majority.
     """
     flat = [{k: v for k, v in _flatten(r.config).items() if k not in BOOKKEEPING_KEYS} for r in runs]
     varying: dict[str, set[str]] = {}
@@ -168,20 +169,22 @@ def assign_variants(runs: list[Run]) -> None:
         groups.setdefault((run.algo, run.env), []).append(i)
     for (algo, _), members in groups.items():
         keys = set().union(*(flat[i].keys() for i in members))
-        keys = {k for k in keys if len({repr(flat[i].get(k)) for i in members}) > 1}
+        # a key absent from some records (runs saved before the key existed) tells nothing about them
+        keys = {k for k in keys if len({repr(flat[i][k]) for i in members if k in flat[i]}) > 1}
         varying.setdefault(algo, set()).update(keys)
     usual: dict[tuple[str, str], str] = {}  # (algo, key) -> repr of the value a strict majority of runs have
     for algo, keys in varying.items():
         members = [i for i, run in enumerate(runs) if run.algo == algo]
         for key in keys:
-            value, count = Counter(repr(flat[i].get(key)) for i in members).most_common(1)[0]
-            if 2 * count > len(members):
+            recorded = [i for i in members if key in flat[i]]
+            value, count = Counter(repr(flat[i][key]) for i in recorded).most_common(1)[0]
+            if 2 * count > len(recorded):
                 usual[algo, key] = value
     for run, values in zip(runs, flat, strict=True):
         keys = sorted(varying[run.algo])
         run.variant_values = {k: values.get(k) for k in keys}
-        run.variant = ", ".join(f"{k.removeprefix('agent.')}={values.get(k)}" for k in keys
-                                if usual.get((run.algo, k)) != repr(values.get(k)))
+        run.variant = ", ".join(f"{k.removeprefix('agent.')}={values[k]}" for k in keys
+                                if k in values and usual.get((run.algo, k)) != repr(values[k]))
 
 
 def load_runs(patterns: Sequence[str]) -> list[Run]:
