@@ -44,14 +44,6 @@ def same_row_fraction(keys: np.ndarray, rows: np.ndarray, k: int = 5) -> float:
     return float((rows[nearest] == rows[:, None]).mean())
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_inverse_keys_measure_what_the_agent_controls(one_thread):
     data, _ = dot_world(3000, seed=0)
     cfg = Pretraining(env="-", kind="inverse", seed=0, latent_dim=8, hidden=(32,), epochs=8, batch_size=64)

@@ -34,15 +34,6 @@ def test_decoder_mirrors_the_torso(space):
     assert isinstance(vae.decoder[-1], (torch.nn.ConvTranspose2d, torch.nn.Unflatten, torch.nn.Linear))
 
 
-@pytest.fixture
-def one_thread():
-    """Small nets on a shared 2-core machine: one torch thread is faster and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_vae_loss_decreases_on_a_tiny_dataset(one_thread):
     """64 MinAtar-like frames: a ball at (r, c) on plane 0 and a paddle at column p of the last row on plane 1;
     the value is the ball's height. Random-noise frames would not do: their entropy is a floor on the loss."""
