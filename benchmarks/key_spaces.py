@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gbmr.cli import main as gbmr_main
 from gbmr.envs import make_env
-from gbmr.experiment.pretraining import Pretraining, collect, pretrain
+from gbmr.experiment.pretraining import collect
 from gbmr.nets.encoders import make_encoder
 
 ENCODERS = Path(__file__).resolve().parents[1] / "results" / "minatar" / "encoders"
@@ -39,11 +40,12 @@ def same_cell_fraction(keys: np.ndarray, cells: np.ndarray, k: int) -> float:
 
 
 def encoder_file(game: str, workdir: Path) -> Path:
+    """The runs' encoder of ``game``, else one made by the command itself with its defaults."""
     path = ENCODERS / f"inverse_{game.lower()}.pt"
     if not path.is_file():
         path = workdir / f"inverse_{game.lower()}.pt"
-        pretrain(Pretraining(env=f"MinAtar/{game}-v1", kind="inverse", seed=1, policy="ez", latent_dim=16,
-                             hidden=(128,), epochs=5), path)
+        if gbmr_main(["pretrain-inverse", "--env", f"MinAtar/{game}-v1", "--seed", "1", "--out", str(path)]) != 0:
+            raise SystemExit(f"pretrain-inverse failed for {game}")
     return path
 
 
