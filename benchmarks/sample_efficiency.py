@@ -46,7 +46,7 @@ MAZE_ALGOS = ("gbmr", "gq", "qlearning")
 GOAL_RETURN = 100.0
 RELIABLE = 3  # consecutive goal-reaching episodes
 MINATAR_GAMES = ("Breakout", "Asterix", "Freeway", "SpaceInvaders", "Seaquest")
-MINATAR_ALGOS = ("gbmr", "gbmr-sweep", "gq", "nec", "mfec", "dqn")
+MINATAR_ALGOS = ("gbmr", "gbmr-sweep", "gbmr-dqn", "gq", "nec", "mfec", "dqn")
 NEC_GAMES = ("Alien", "Frostbite", "Hero", "MsPacman", "Pong")
 
 

@@ -17,6 +17,7 @@ ALGORITHMS: dict[str, str] = {
     "gbmr": "gbmr.agents.gbmr:GBMRAgent",
     "gcmr": "gbmr.agents.gbmr:GCMRAgent",
     "gbmr-sweep": "gbmr.agents.gbmr:GBMRSweepAgent",
+    "gbmr-dqn": "gbmr.agents.gbmr_dqn:GBMRDQNAgent",
 }
 
 

@@ -20,7 +20,7 @@ from gbmr.agents.base import Agent
 from gbmr.errors import unknown_choice
 from gbmr.experiment.seeding import derive_seed
 from gbmr.experiment.state import rng_state, set_rng_state
-from gbmr.memory.replay import PrioritizedReplayBuffer, ReplayBuffer
+from gbmr.memory.replay import Batch, PrioritizedReplayBuffer, ReplayBuffer
 from gbmr.nets.q_networks import QNetwork
 
 REPLAY_STREAM = 1  # the replay buffer samples from its own stream, not the agent's exploration stream
@@ -179,6 +179,9 @@ class DQNAgent(Agent):
             loss = (weights * self.loss_fn(q, targets, reduction="none")).mean()
         else:  # uniform replay: the weights are ones, so the same mean without multiplying by them
             loss = self.loss_fn(q, targets)
+        extra = self.extra_loss(batch, q)
+        if extra is not None:
+            loss = loss + extra
         for param in self._params:  # zero_grad(set_to_none=True) without its profiler hooks
             param.grad = None
         loss.backward()
@@ -190,6 +193,10 @@ class DQNAgent(Agent):
             self.buffer.update_priorities(batch.indices, (targets - q).cpu().numpy())
         loss_value, q_mean = torch.stack((loss.detach(), q.mean())).tolist()
         return loss_value, q_mean
+
+    def extra_loss(self, batch: Batch, q: torch.Tensor) -> torch.Tensor | None:
+        """Hook: a term added to the TD loss of a batch (``q`` = Q(obs, actions) with its gradient)."""
+        return None
 
     @torch.no_grad()
     def _update_target(self) -> None:

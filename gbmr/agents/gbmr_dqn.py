@@ -1,0 +1,128 @@
+"""GBMR-DQN: a DQN whose Q-network is also pulled towards the memory graph's reconstructed values.
+
+The memory-graph agents act from k-NN reads of their memory, so what they know of a state never reaches a state
+they have not stored: on MinAtar games where observations seldom recur (Asterix, Freeway, Seaquest) they fall
+far behind DQN. ERLAM (Zhu et al., "Episodic Reinforcement Learning with Associative Memory", ICLR 2020) keeps
+the graph and its value propagation but hands what it finds to a Q-network, which generalises; the network is
+trained on the TD loss plus a regression onto the memory's value of the same state and action:
+
+    L = TD loss + memory_weight * mean_i (Q(s_i, a_i) - Q_G(s_i, a_i))^2
+
+over the replayed batch, Q_G(s, a) the value of action a at the graph node of s. Rows whose node is gone (evicted,
+or drifted by merges beyond dist_th of s) or never took a contribute nothing. The graph is a GBMR agent's memory
+(``gbmr.agents.gbmr``), fed every transition and reconstructed as that agent would (by default: value-iteration
+sweeps, as ``gbmr-sweep``); its keys ``memory`` (a mapping of GBMR's hyperparameters) are separate from the
+network's. Acting and evaluation use the network, as DQN does.
+
+Finding a replayed state's node by a k-NN search would cost milliseconds a batch at 1e5 nodes (HNSW on 32 queries
+under load): more than the gradient step. Instead each replay slot remembers the node its step was written to.
+With 1-step replay (required) every vector step fills ``num_envs`` consecutive slots in environment order, so
+the slots of an episode that just ended follow from the step count and its length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gbmr.agents.dqn import DQNAgent, DQNConfig
+from gbmr.agents.gbmr import GBMRSweepAgent, GBMRSweepConfig
+from gbmr.config import make_agent_config
+from gbmr.errors import GbmrError
+from gbmr.experiment.seeding import derive_seed
+from gbmr.memory.episodes import Episode
+from gbmr.memory.replay import Batch
+
+MEMORY_STREAM = 3  # the memory agent's own seed (its projection matrix and RNG)
+
+
+@dataclass
+class GBMRDQNConfig(DQNConfig):
+    memory_weight: float = 0.1  # lambda of the memory term (ERLAM); 0 = plain DQN beside an unused graph
+    memory: dict[str, Any] = field(default_factory=dict)  # hyperparameters of the graph (gbmr-sweep's keys)
+
+
+class _Memory(GBMRSweepAgent):
+    """The graph agent, also handing out the node ids of each episode it writes (with its environment)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.written: list[tuple[int, np.ndarray]] = []
+
+    def after_write(self, episode: Episode, nodes: np.ndarray) -> None:
+        super().after_write(episode, nodes)
+        self.written.append((episode.env, nodes))
+
+
+class GBMRDQNAgent(DQNAgent):
+    Config = GBMRDQNConfig
+    metric_names = DQNAgent.metric_names + ("nodes", "edges", "memory_share", "memory_q", "critical", "paths")
+
+    def __init__(self, config: GBMRDQNConfig, observation_space, action_space, num_envs, device, seed, total_steps):
+        if config.memory_weight < 0:
+            raise GbmrError(f"memory_weight must be >= 0, got {config.memory_weight}")
+        if config.n_step != 1:
+            raise GbmrError(f"gbmr-dqn needs n_step=1 (its replay slots map to graph nodes), got {config.n_step}")
+        super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
+        memory_config = make_agent_config(GBMRSweepConfig, dict(config.memory))
+        self.memory = _Memory(memory_config, observation_space, action_space, num_envs, device,
+                              derive_seed(seed, MEMORY_STREAM), total_steps)
+        self.slot_node = np.full(config.buffer_size, -1, dtype=np.int64)  # graph node of each replay slot's step
+        self._memory_metrics: dict[str, float] = {}
+
+    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        capacity, vector_steps = len(self.slot_node), self.steps // self.num_envs
+        self.slot_node[(vector_steps * self.num_envs + np.arange(self.num_envs)) % capacity] = -1  # overwritten
+        super().observe(obs, actions, rewards, next_obs, terminated, truncated)
+        self.memory.observe(obs, actions, rewards, next_obs, terminated, truncated)
+        for env, nodes in self.memory.written:
+            length = len(nodes)
+            if length * self.num_envs <= capacity:  # else its first steps' slots hold newer steps already
+                steps = vector_steps + 1 - length + np.arange(length)  # the vector step of each of its steps
+                self.slot_node[(steps * self.num_envs + env) % capacity] = nodes
+        self.memory.written.clear()
+
+    def update(self) -> dict[str, float]:
+        memory = self.memory.update()  # a learned memory encoder trains here; graph sizes at episode ends
+        memory.pop("epsilon", None)  # the memory never acts
+        metrics = super().update()
+        if metrics:
+            metrics.update(self._memory_metrics)
+        return {**memory, **metrics}
+
+    def memory_values(self, obs: np.ndarray, actions: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Q_G(s_i, a_i) at the node of replay slot i, and which rows have one (a node still within dist_th
+        of s_i, with an out-edge labelled a_i)."""
+        graph = self.memory.graph
+        nodes = self.slot_node[slots]
+        found = nodes >= 0
+        nodes = np.where(found, nodes, graph.terminal_node)
+        distance2 = np.square(self.memory.embed(obs) - graph.node_keys[nodes]).sum(axis=1)
+        q, has = graph.node_q(nodes)
+        rows = np.arange(len(actions))
+        valid = found & graph.node_alive[nodes] & (distance2 < self.memory.config.dist_th**2) & has[rows, actions]
+        return q[rows, actions], valid
+
+    def extra_loss(self, batch: Batch, q: torch.Tensor) -> torch.Tensor | None:
+        if self.config.memory_weight == 0:
+            return None
+        values, valid = self.memory_values(batch.obs, np.asarray(batch.actions, dtype=np.int64), batch.indices)
+        self._memory_metrics = {"memory_share": float(valid.mean()),
+                                "memory_q": float(values[valid].mean()) if valid.any() else float("nan")}
+        if not valid.any():
+            return None
+        mask = torch.as_tensor(valid, device=self.device)
+        target = torch.as_tensor(values, dtype=q.dtype, device=self.device)
+        return self.config.memory_weight * ((q - target).square() * mask).mean()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "memory": self.memory.state_dict(),
+                "slot_node": torch.from_numpy(self.slot_node.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.memory.load_state_dict(state["memory"])
+        self.slot_node = state["slot_node"].numpy().copy()
