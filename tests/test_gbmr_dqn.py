@@ -56,7 +56,7 @@ def test_replay_slots_map_to_the_nodes_of_their_steps(num_envs, buffer_size):
 
 def test_memory_term_hand_computed():
     """One 3-step episode with rewards 1, 1, 1 that terminates; one-step writes and value-iteration sweeps give
-    Q_G = 1 + 0.9 + 0.81, 1 + 0.9, 1 along it, so with Q = 0 the term is lambda * mean(2.71^2, 1.9^2, 1^2)."""
+    Q_G = 1 + 0.9 + 0.81, 1 + 0.9, 1 along it; the term is lambda * mean((Q - Q_G)^2), or of the shortfalls only."""
     memory = {"dist_th": 1e-6, "capacity": 100, "n_step": 1, "k": 1, "gamma": 0.9, "reconstruct_every": 1,
               "sweeps": 5, "backup_eta": 1.0}
     agent = _agent(GBMRDQNConfig(memory_weight=0.5, buffer_size=100, memory=memory))
@@ -67,8 +67,12 @@ def test_memory_term_hand_computed():
     values, valid = agent.memory_values(batch.obs, batch.actions, batch.indices)
     np.testing.assert_allclose(values, [2.71, 1.9, 1.0], rtol=1e-6)
     assert valid.all()
-    term = agent.extra_loss(batch, torch.zeros(3))
-    assert term.item() == pytest.approx(0.5 * (2.71**2 + 1.9**2 + 1.0) / 3, rel=1e-6)
+    q = torch.tensor([3.0, 0.0, 1.5])
+    term = agent.extra_loss(batch, q)
+    assert term.item() == pytest.approx(0.5 * (0.29**2 + 1.9**2 + 0.5**2) / 3, rel=1e-5)
+    agent.config.memory_loss = "lower_bound"  # Q above the achieved value is left alone
+    term = agent.extra_loss(batch, q)
+    assert term.item() == pytest.approx(0.5 * (0.0 + 1.9**2 + 0.0) / 3, rel=1e-5)
     # a slot whose node was evicted (or whose key drifted away) no longer counts
     agent.memory.graph.node_keys[agent.slot_node[1]] += 1.0
     values, valid = agent.memory_values(batch.obs, batch.actions, batch.indices)
@@ -101,6 +105,7 @@ def test_checkpoint_resumes_identically():
 @pytest.mark.parametrize(("config", "message"), [
     ({"n_step": 3}, "n_step=1"),
     ({"memory_weight": -1.0}, "memory_weight"),
+    ({"memory_loss": "huber"}, "lower_bound"),
     ({"memory": {"dist_threshold": 1.0}}, "dist_th"),  # names the closest valid key
     ({"memory": {"sweeps": "many"}}, "sweeps"),
 ])

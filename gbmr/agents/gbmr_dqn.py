@@ -9,7 +9,11 @@ trained on the TD loss plus a regression onto the memory's value of the same sta
     L = TD loss + memory_weight * mean_i (Q(s_i, a_i) - Q_G(s_i, a_i))^2
 
 over the replayed batch, Q_G(s, a) the value of action a at the graph node of s. Rows whose node is gone (evicted,
-or drifted by merges beyond dist_th of s) or never took a contribute nothing. The graph is a GBMR agent's memory
+or drifted by merges beyond dist_th of s) or never took a contribute nothing. With ``memory_loss: lower_bound``
+only the part max(Q_G - Q, 0)^2 counts: the graph's values are returns the agent has achieved (value iteration
+over the transitions it has seen), so they bound Q* from below where the world is deterministic, and states or
+actions the graph has barely explored then do not drag Q down (the bound of Optimality Tightening, He et al.
+2017, and of Self-Imitation Learning, Oh et al. 2018). The graph is a GBMR agent's memory
 (``gbmr.agents.gbmr``), fed every transition and reconstructed as that agent would (by default: value-iteration
 sweeps, as ``gbmr-sweep``); its keys ``memory`` (a mapping of GBMR's hyperparameters) are separate from the
 network's. Acting and evaluation use the network, as DQN does.
@@ -31,17 +35,19 @@ import torch
 from gbmr.agents.dqn import DQNAgent, DQNConfig
 from gbmr.agents.gbmr import GBMRSweepAgent, GBMRSweepConfig
 from gbmr.config import make_agent_config
-from gbmr.errors import GbmrError
+from gbmr.errors import GbmrError, unknown_choice
 from gbmr.experiment.seeding import derive_seed
 from gbmr.memory.episodes import Episode
 from gbmr.memory.replay import Batch
 
+MEMORY_LOSSES = ("squared", "lower_bound")
 MEMORY_STREAM = 3  # the memory agent's own seed (its projection matrix and RNG)
 
 
 @dataclass
 class GBMRDQNConfig(DQNConfig):
     memory_weight: float = 0.1  # lambda of the memory term (ERLAM); 0 = plain DQN beside an unused graph
+    memory_loss: str = "squared"  # squared: (Q - Q_G)^2 (ERLAM) | lower_bound: max(Q_G - Q, 0)^2, only pulls Q up
     memory: dict[str, Any] = field(default_factory=dict)  # hyperparameters of the graph (gbmr-sweep's keys)
 
 
@@ -64,6 +70,8 @@ class GBMRDQNAgent(DQNAgent):
     def __init__(self, config: GBMRDQNConfig, observation_space, action_space, num_envs, device, seed, total_steps):
         if config.memory_weight < 0:
             raise GbmrError(f"memory_weight must be >= 0, got {config.memory_weight}")
+        if config.memory_loss not in MEMORY_LOSSES:
+            raise unknown_choice("memory_loss", config.memory_loss, MEMORY_LOSSES)
         if config.n_step != 1:
             raise GbmrError(f"gbmr-dqn needs n_step=1 (its replay slots map to graph nodes), got {config.n_step}")
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
@@ -116,7 +124,10 @@ class GBMRDQNAgent(DQNAgent):
             return None
         mask = torch.as_tensor(valid, device=self.device)
         target = torch.as_tensor(values, dtype=q.dtype, device=self.device)
-        return self.config.memory_weight * ((q - target).square() * mask).mean()
+        error = target - q
+        if self.config.memory_loss == "lower_bound":
+            error = error.clamp(min=0.0)
+        return self.config.memory_weight * (error.square() * mask).mean()
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "memory": self.memory.state_dict(),
