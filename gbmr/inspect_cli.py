@@ -10,7 +10,7 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `inspect` on the main CLI's subparsers (its handler is set as `func`)."""
     parser = subparsers.add_parser(
         "inspect",
-        help="save a picture of the memory graph of a run (gq, gbmr, gcmr, gbmr-sweep)",
+        help="save a picture of the memory graph of a run (gq, gbmr, gcmr, gbmr-sweep, gbmr-dqn)",
         description="Draw the memory graph of a graph agent's run from its latest checkpoint: nodes coloured "
         "by value, edges, and the critical nodes and paths of the last reconstruction. On the paper maze the "
         "graph is drawn on the grid; otherwise nodes are placed by a PCA of their keys (the most visited "
@@ -29,6 +29,7 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_inspect(args: argparse.Namespace) -> int:
     """Checks the run holds a graph agent before loading its checkpoint; user errors raise GbmrError (exit 2)."""
     from gbmr.agents import ALGORITHMS, agent_class  # torch & co. only when used
+    from gbmr.agents.gbmr_dqn import GBMRDQNAgent
     from gbmr.agents.gq import GQAgent
     from gbmr.analysis.inspect_graph import GridLayout, draw_memory_graph
     from gbmr.analysis.memory_reads import greedy_read_stats
@@ -39,8 +40,11 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     run = RunDir.existing(args.run_dir)
     algo = run.read_config()["algo"]
-    if not issubclass(agent_class(algo), GQAgent):
-        graph_algos = [name for name in ALGORITHMS if issubclass(agent_class(name), GQAgent)]
+    def has_graph(cls: type) -> bool:
+        return issubclass(cls, (GQAgent, GBMRDQNAgent))
+
+    if not has_graph(agent_class(algo)):
+        graph_algos = [name for name in ALGORITHMS if has_graph(agent_class(name))]
         raise GbmrError(f"'{run.path}' is a {algo} run, which has no memory graph to draw; inspect works on runs "
                         f"of {', '.join(graph_algos)}")
     out = Path(args.out) if args.out else run.path / "memory_graph.png"
@@ -51,13 +55,15 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.episodes < 0:
         raise GbmrError(f"--episodes must be >= 0, got {args.episodes}")
     config, agent = load_trained_agent(run.path)
+    memory = agent.memory if isinstance(agent, GBMRDQNAgent) else agent  # the graph agent; gbmr-dqn's acts by its net
     env = make_env(config.env, config.seed, training=False, **config.env_options)
-    grid = GridLayout.from_env(env) if config.agent.encoder == "identity" else None
-    reads = greedy_read_stats(agent, env, args.episodes, args.seed) if args.episodes else None
+    grid = GridLayout.from_env(env) if memory.config.encoder == "identity" else None
+    reads = greedy_read_stats(memory, env, args.episodes, args.seed, player=agent) if args.episodes else None
     env.close()
     # GQ never reconstructs: no critical nodes, no paths
-    summary = draw_memory_graph(agent.graph, getattr(agent, "last_critical", []), getattr(agent, "last_paths", []),
-                                out, title=f"{algo} on {config.env}, step {agent.steps:,}", grid=grid)
+    summary = draw_memory_graph(memory.graph, getattr(memory, "last_critical", []),
+                                getattr(memory, "last_paths", []), out,
+                                title=f"{algo} on {config.env}, step {agent.steps:,}", grid=grid)
     print(f"memory graph picture: {out}")
     print(summary.line())
     if reads is not None:

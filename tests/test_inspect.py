@@ -77,8 +77,26 @@ def test_inspect_dqn_run_exits_2_naming_graph_algorithms(tmp_path, capsys):
     assert main(["inspect", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "is a dqn run, which has no memory graph" in err
-    assert "gq, gbmr, gcmr, gbmr-sweep" in err and "Traceback" not in err
+    assert "gq, gbmr, gcmr, gbmr-sweep, gbmr-dqn" in err and "Traceback" not in err
     assert not (run_dir / "memory_graph.png").exists()
+
+
+def test_inspect_gbmr_dqn_run_draws_its_memory(tmp_path, capsys):
+    """gbmr-dqn holds its graph in a memory agent and acts by its network: inspect draws that graph (on the
+    maze grid, the memory keys being the cells) and reads it along the network's greedy episodes."""
+    run_dir = tmp_path / "gbmr-dqn"
+    memory = "{encoder: identity, dist_th: 0.5, capacity: 2000, n_step: 1, k: 4, reconstruct_every: 200, sweeps: 5}"
+    assert main(["train", "--algo", "gbmr-dqn", "--env", "GridMaze-Paper-v0", "--total-steps", "1500",
+                 "--no-progress", "--run-dir", str(run_dir), "--set", "eval_episodes=0",
+                 "--set", f"memory={memory}"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(run_dir), "--episodes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert (run_dir / "memory_graph.png").read_bytes()[:8] == PNG_MAGIC
+    _, agent = load_trained_agent(run_dir)
+    graph = agent.memory.graph
+    assert graph.num_nodes > 20 and f"{graph.num_nodes} nodes, {graph.num_edges} edges" in out
+    assert "1 greedy episodes" in out
 
 
 def test_inspect_non_run_folder_exits_2(tmp_path, capsys):

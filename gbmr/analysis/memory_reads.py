@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 if TYPE_CHECKING:
+    from gbmr.agents.base import Agent
     from gbmr.agents.gq import GQAgent
 
 
@@ -37,10 +38,12 @@ class ReadStats:
                 f"between the best two actions {self.median_gap:.3g}")
 
 
-def greedy_read_stats(agent: GQAgent, env: gym.Env, episodes: int, seed: int) -> ReadStats:
+def greedy_read_stats(agent: GQAgent, env: gym.Env, episodes: int, seed: int,
+                      player: Agent | None = None) -> ReadStats:
     """Play ``episodes`` greedy episodes of a graph agent (GQ and its subclasses) on ``env`` (reset seeds
-    ``seed``, ``seed + 1``, ...) and measure, at every step, the read the action came from."""
-    cfg, graph = agent.config, agent.graph
+    ``seed``, ``seed + 1``, ...) and measure, at every step, the read the action came from. ``player``: the agent
+    that acts instead, if another one holds this graph (gbmr-dqn's network); the reads are then its memory's."""
+    cfg, graph, player = agent.config, agent.graph, player or agent
     nearest, gaps, returns = [], [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -53,7 +56,7 @@ def greedy_read_stats(agent: GQAgent, env: gym.Env, episodes: int, seed: int) ->
             nearest.append(distances.min() if nodes.size else np.inf)
             q = np.sort(read.q[0])
             gaps.append(q[-1] - q[-2] if q.size > 1 else 0.0)
-            obs, reward, terminated, truncated, _ = env.step(int(agent.act(obs[None], explore=False)[0]))
+            obs, reward, terminated, truncated, _ = env.step(int(player.act(obs[None], explore=False)[0]))
             total += float(reward)
             done = terminated or truncated
         returns.append(total)
