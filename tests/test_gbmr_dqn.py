@@ -4,6 +4,7 @@ import io
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -119,3 +120,23 @@ def test_cli_bad_memory_key_exits_2(capsys, tmp_path):
                  "--run-dir", str(tmp_path / "run"), "--set", "memory={dist_threshold: 1}"])
     assert code == 2
     assert "dist_th" in capsys.readouterr().err
+
+
+def _maze_run(tmp_path, name, *overrides):
+    run_dir = tmp_path / name
+    assert main(["train", "--algo", "gbmr-dqn", "--env", "GridMaze-Paper-v0", "--seed", "1", "--total-steps", "10000",
+                 "--no-progress", "--run-dir", str(run_dir), *(x for o in overrides for x in ("--set", o))]) == 0
+    success = pd.read_csv(run_dir / "metrics.csv")["return"].to_numpy() > 100  # the goal pays +200
+    return success, pd.read_csv(run_dir / "eval.csv")["mean_return"].to_numpy()
+
+
+@pytest.mark.slow
+def test_memory_term_makes_dqn_solve_the_paper_maze(tmp_path):
+    """Maze preset, seed 1, 10k steps. With the memory term the goal is reached in nearly every episode from
+    episode 40 on and by the greedy policy at the end (measured: every episode from 34 on; greedy 200 from 8k
+    steps). Without it (memory_weight 0: DQN step for step, the memory draws from its own seed) the same network
+    reaches it 7 times in 52 episodes, never after episode 33, and greedily never."""
+    with_memory, eval_with = _maze_run(tmp_path, "memory")
+    without, eval_without = _maze_run(tmp_path, "plain", "memory_weight=0")
+    assert with_memory[40:].mean() >= 0.8 and eval_with[-1] >= 100, (with_memory.astype(int), eval_with)
+    assert without[40:].mean() <= 0.2 and eval_without[-1] < 100, (without.astype(int), eval_without)
