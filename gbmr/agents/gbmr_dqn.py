@@ -16,7 +16,8 @@ actions the graph has barely explored then do not drag Q down (the bound of Opti
 2017, and of Self-Imitation Learning, Oh et al. 2018). The graph is a GBMR agent's memory
 (``gbmr.agents.gbmr``), fed every transition and reconstructed as that agent would (by default: value-iteration
 sweeps, as ``gbmr-sweep``); its keys ``memory`` (a mapping of GBMR's hyperparameters) are separate from the
-network's. Acting and evaluation use the network, as DQN does.
+network's. Acting and evaluation use the network, as DQN does. Under prioritised replay the memory term is not
+importance-weighted: it is a regulariser on the states replayed, not a sample of the TD error.
 
 Finding a replayed state's node by a k-NN search would cost milliseconds a batch at 1e5 nodes (HNSW on 32 queries
 under load): more than the gradient step. Instead each replay slot remembers the node its step was written to.
