@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from gbmr.agents.dqn import DQNAgent, DQNConfig
 from gbmr.agents.gbmr_dqn import GBMRDQNAgent, GBMRDQNConfig
 from gbmr.cli import main
 from gbmr.errors import GbmrError
@@ -101,6 +102,20 @@ def test_checkpoint_resumes_identically():
         assert torch.equal(p, q)
     np.testing.assert_array_equal(a.slot_node, b.slot_node)
     assert a.memory.graph.num_edges == b.memory.graph.num_edges
+
+
+def test_without_the_memory_term_it_is_dqn_step_for_step():
+    """memory_weight 0: the memory only watches (its own seed stream), so actions and weights equal DQN's."""
+    shared = {"buffer_size": 500, "learning_starts": 100, "train_freq": 1, "hidden": (32,), "eps_fraction": 0.5}
+    env = gym.make(CARTPOLE)
+    torch.manual_seed(0)  # the runner seeds torch before building an agent: the networks start alike
+    dqn = DQNAgent(DQNConfig(**shared), env.observation_space, env.action_space, 1, torch.device("cpu"), 3, 10_000)
+    torch.manual_seed(0)
+    hybrid = _agent(GBMRDQNConfig(**shared, memory_weight=0.0, memory={"dist_th": 0.05, "k": 5}), seed=3)
+    assert _play(dqn, 400) == _play(hybrid, 400)
+    for p, q in zip(dqn.q.parameters(), hybrid.q.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert hybrid.memory.graph.num_nodes > 100
 
 
 @pytest.mark.parametrize(("config", "message"), [
