@@ -25,8 +25,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from gbmr.agents.dqn import DQNConfig
-from gbmr.agents.gbmr_dqn import GBMRDQNAgent, GBMRDQNConfig
+from gbmr.agents import agent_class
+from gbmr.agents.gbmr_dqn import GBMRDQNAgent
 from gbmr.config import RunConfig, build_config
 from gbmr.envs import env_family
 from gbmr.experiment.train import load_trained_agent, start_run
@@ -37,8 +37,7 @@ BATCH = 32
 
 
 def config(algo: str, steps: int) -> RunConfig:
-    cls = GBMRDQNConfig if algo == "gbmr-dqn" else DQNConfig
-    return build_config(algo, ENV, cls, env_family(ENV), seed=1, total_steps=steps,
+    return build_config(algo, ENV, agent_class(algo).Config, env_family(ENV), seed=1, total_steps=steps,
                         overrides=["device=cpu", "eval_episodes=0", "learning_starts=500"])
 
 
