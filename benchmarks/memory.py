@@ -150,9 +150,9 @@ def mean_ms(fn: Callable[[int], object], calls: int, blocks: int = 3) -> float:
 def per_step(agent: GBMRAgent, real: RealRun, queries: np.ndarray, calls: int, write_steps: int) -> dict:
     """Lookup (and its parts) and amortised write of one step, in ms, on the agent's current memory."""
     graph, keys = agent.graph, agent.embed(queries)
-    ids = graph._nearest(keys, 0, K)[0]
+    ids = graph.nearest(keys, 0, K)[0]
     out = {
-        "knn": mean_ms(lambda i: graph._nearest(keys[i % len(keys)][None], 0, K), calls),
+        "knn": mean_ms(lambda i: graph.nearest(keys[i % len(keys)][None], 0, K), calls),
         "node_q": mean_ms(lambda i: graph.node_q(ids[i % len(ids)]), calls),
         "lookup": mean_ms(lambda i: agent.q_values(queries[i % len(queries)][None]), calls),
     }
@@ -241,7 +241,7 @@ def main() -> None:
     for ef in (64, 128, 256, 512):
         hnsw_index.ef_search = ef
         got = hnsw_graph.read(qkeys, K).nodes[:, 0]
-        ms = mean_ms(lambda i: hnsw_graph._nearest(qkeys[i % len(qkeys)][None], 0, K), args.calls)
+        ms = mean_ms(lambda i: hnsw_graph.nearest(qkeys[i % len(qkeys)][None], 0, K), args.calls)
         print(f"| {ef}{' (used)' if ef == HNSW['ef_search'] else ''} | {recall(truth, got):.3f} | {ms:.3f} |",
               flush=True)
     hnsw_index.ef_search = HNSW["ef_search"]

@@ -81,6 +81,41 @@ def test_memory_term_hand_computed():
     assert valid.tolist() == [True, False, True]
 
 
+class _FixedQ(torch.nn.Module):
+    """A network that values every state alike: what acting with memory_act adds is then visible."""
+
+    def __init__(self, q):
+        super().__init__()
+        self.values = torch.tensor([q])
+
+    def forward(self, obs):
+        return self.values.expand(len(obs), -1)
+
+
+def test_memory_act_max_takes_the_graph_value_where_it_knows_the_state():
+    """After one episode s0 -0-> s1 -1-> s2 -0-> end (rewards 1; Q_G 2.71, 1.9, 1.0), a network valuing every
+    state at (0.5, 0): in s1 the graph's Q_G(s1, 1) = 1.9 beats 0.5, so the agent plays 1; in s0 the graph only
+    knows action 0, which the network already prefers; a state no node lies within dist_th of is the network's;
+    a network value above the graph's stays (max); memory_act off acts by the network alone."""
+    memory = {"dist_th": 1e-3, "capacity": 100, "n_step": 1, "k": 1, "gamma": 0.9, "reconstruct_every": 1,
+              "sweeps": 5, "backup_eta": 1.0}
+    agent = _agent(GBMRDQNConfig(memory_act="max", buffer_size=100, memory=memory))
+    obs = np.arange(16, dtype=np.float32).reshape(4, 1, 4) / 10
+    for t in range(3):
+        agent.observe(obs[t], np.array([t % 2]), np.array([1.0]), obs[t + 1], np.array([t == 2]), np.array([False]))
+    states = np.concatenate([obs[0], obs[1], obs[1] + 1.0])  # s0, s1, a state far from every node
+    q, known = agent.known_values(states)
+    assert known.tolist() == [[True, False], [False, True], [False, False]]
+    np.testing.assert_allclose(q[known], [2.71, 1.9], rtol=1e-6)
+    agent.q = _FixedQ([0.5, 0.0])
+    assert agent.act(states, explore=False).tolist() == [0, 1, 0]
+    agent.q = _FixedQ([0.0, 2.0])  # above the graph's 1.9 in s1, and above its 0 where it has no edge
+    assert agent.act(states, explore=False).tolist() == [0, 1, 1]
+    agent.q = _FixedQ([0.5, 0.0])
+    agent.config.memory_act = "off"
+    assert agent.act(states, explore=False).tolist() == [0, 0, 0]
+
+
 def _saved(agent):
     buf = io.BytesIO()
     torch.save(agent.state_dict(), buf)
@@ -122,6 +157,8 @@ def test_without_the_memory_term_it_is_dqn_step_for_step():
     ({"n_step": 3}, "n_step=1"),
     ({"memory_weight": -1.0}, "memory_weight"),
     ({"memory_loss": "huber"}, "lower_bound"),
+    ({"memory_act": "mean"}, "max"),
+    ({"memory_act": "max", "memory": {"layout": "per_action"}}, "joint"),
     ({"memory": {"dist_threshold": 1.0}}, "dist_th"),  # names the closest valid key
     ({"memory": {"sweeps": "many"}}, "sweeps"),
 ])

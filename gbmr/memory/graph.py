@@ -213,7 +213,7 @@ class MemoryGraph:
         return int(kernels.find_edge(int(src), int(dst), int(action), self._edges))
 
     # ------------------------------------------------------------------ nearest-node search
-    def _nearest(self, queries: np.ndarray, table: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def nearest(self, queries: np.ndarray, table: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest alive nodes of `table` per query: ids (-1 if fewer) and exact squared distances
         (float64, inf if absent), ascending: the table's index proposes, the true keys decide the order."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -376,7 +376,7 @@ class MemoryGraph:
                     by_grid[steps[np.linspace(0, len(steps) - 1, min(_PROBE_STEPS, len(steps))).astype(int)]] = True
             steps = steps[~by_grid[steps]]
             if steps.size:
-                cand[steps], cand_d2[steps] = self._nearest(keys[steps], table, k)
+                cand[steps], cand_d2[steps] = self.nearest(keys[steps], table, k)
                 floor[steps] = self._candidate_floor(keys[steps], cand_d2[steps, -1], table)
         return by_grid, cand, cand_d2, floor
 
