@@ -29,8 +29,6 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_inspect(args: argparse.Namespace) -> int:
     """Checks the run holds a graph agent before loading its checkpoint; user errors raise GbmrError (exit 2)."""
     from gbmr.agents import ALGORITHMS, agent_class  # torch & co. only when used
-    from gbmr.agents.gbmr_dqn import GBMRDQNAgent
-    from gbmr.agents.gq import GQAgent
     from gbmr.analysis.inspect_graph import GridLayout, draw_memory_graph
     from gbmr.analysis.memory_reads import greedy_read_stats
     from gbmr.envs import make_env
@@ -40,11 +38,8 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     run = RunDir.existing(args.run_dir)
     algo = run.read_config()["algo"]
-    def has_graph(cls: type) -> bool:
-        return issubclass(cls, (GQAgent, GBMRDQNAgent))
-
-    if not has_graph(agent_class(algo)):
-        graph_algos = [name for name in ALGORITHMS if has_graph(agent_class(name))]
+    if not hasattr(agent_class(algo), "graph_agent"):
+        graph_algos = [name for name in ALGORITHMS if hasattr(agent_class(name), "graph_agent")]
         raise GbmrError(f"'{run.path}' is a {algo} run, which has no memory graph to draw; inspect works on runs "
                         f"of {', '.join(graph_algos)}")
     out = Path(args.out) if args.out else run.path / "memory_graph.png"
@@ -55,7 +50,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.episodes < 0:
         raise GbmrError(f"--episodes must be >= 0, got {args.episodes}")
     config, agent = load_trained_agent(run.path)
-    memory = agent.memory if isinstance(agent, GBMRDQNAgent) else agent  # the graph agent; gbmr-dqn's acts by its net
+    memory = agent.graph_agent  # gbmr-dqn's graph is its memory's; its network acts
     env = make_env(config.env, config.seed, training=False, **config.env_options)
     grid = GridLayout.from_env(env) if memory.config.encoder == "identity" else None
     reads = greedy_read_stats(memory, env, args.episodes, args.seed, player=agent) if args.episodes else None

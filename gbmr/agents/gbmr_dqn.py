@@ -94,6 +94,11 @@ class GBMRDQNAgent(DQNAgent):
         self.slot_node = np.full(config.buffer_size, -1, dtype=np.int64)  # graph node of each replay slot's step
         self._memory_metrics: dict[str, float] = {}
 
+    @property
+    def graph_agent(self) -> GBMRSweepAgent:
+        """The memory that holds the graph (``gbmr inspect``); the network acts."""
+        return self.memory
+
     def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
         capacity, vector_steps = len(self.slot_node), self.steps // self.num_envs
         self.slot_node[(vector_steps * self.num_envs + np.arange(self.num_envs)) % capacity] = -1  # overwritten

@@ -110,6 +110,11 @@ class GQAgent(Agent):
         self.episode_steps = np.zeros(num_envs, dtype=np.int64)  # steps of each env's current episode
         self._metrics: dict[str, float] = {}
 
+    @property
+    def graph_agent(self) -> GQAgent:
+        """The agent that holds the memory graph and reads it (``gbmr inspect``): this one."""
+        return self
+
     # ------------------------------------------------------------------ reading
     @torch.no_grad()
     def embed(self, obs: np.ndarray) -> np.ndarray:
