@@ -4,13 +4,15 @@
     python benchmarks/gbmr_dqn.py --steps 20000 --repeats 3
 
 1. **End to end.** ``start_run`` on MinAtar Breakout for ``--steps`` steps, eval off, learning from step 500:
-   DQN (minatar preset) and gbmr-dqn (minatar preset: the same DQN plus a 1e5-node memory graph with
-   value-iteration sweeps every 1000 steps), alternating, best of ``--repeats``; setup and the final checkpoint
-   count on both sides.
+   DQN (minatar preset), gbmr-dqn (minatar preset: the same DQN plus a 1e5-node memory graph with
+   value-iteration sweeps every 1000 steps) and gbmr-dqn acting by ``memory_act=max`` (a nearest-node search
+   per step), alternating, best of ``--repeats``; setup and the final checkpoint count on all sides.
 2. **Memory term per replayed batch of 32**, on the graph of the last gbmr-dqn run: ``memory_values`` (the slot ->
    node map: encode, gather, node-Q read) against what a k-NN search for each state's node would cost, the
    graph's own ``read(keys, k=1)``, at its size after the run and on an HNSW index of 1e5 random keys (d 64,
    the graph's HNSW parameters: M 16, ef_search 128), the size the preset's graph reaches.
+3. **Acting with memory_act=max**, per step of one state: the network's forward pass against ``known_values``
+   (encode, nearest node, node-Q read) on the same graph.
 
 One torch thread; hnswlib queries may use both cores. Timings on a shared machine: expect +-20 %.
 """
@@ -36,14 +38,21 @@ ENV = "MinAtar/Breakout-v1"
 BATCH = 32
 
 
-def config(algo: str, steps: int) -> RunConfig:
+AGENTS = {  # label: (algo, overrides)
+    "dqn": ("dqn", []),
+    "gbmr-dqn": ("gbmr-dqn", []),
+    "gbmr-dqn memory_act=max": ("gbmr-dqn", ["memory_act=max"]),
+}
+
+
+def config(algo: str, steps: int, overrides: list[str]) -> RunConfig:
     return build_config(algo, ENV, agent_class(algo).Config, env_family(ENV), seed=1, total_steps=steps,
-                        overrides=["device=cpu", "eval_episodes=0", "learning_starts=500"])
+                        overrides=["device=cpu", "eval_episodes=0", "learning_starts=500", *overrides])
 
 
-def timed_run(algo: str, steps: int, run_dir: str) -> float:
+def timed_run(algo: str, steps: int, overrides: list[str], run_dir: str) -> float:
     """Steps/s of one whole run (setup and final checkpoint included)."""
-    cfg = config(algo, steps)
+    cfg = config(algo, steps, overrides)
     start = time.perf_counter()
     start_run(cfg, run_dir, progress=False)
     return steps / (time.perf_counter() - start)
@@ -66,19 +75,20 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    speeds: dict[str, list[float]] = {"dqn": [], "gbmr-dqn": []}
+    speeds: dict[str, list[float]] = {label: [] for label in AGENTS}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for algo in speeds:
-                speeds[algo].append(timed_run(algo, args.steps, f"{tmp}/{algo}_{repeat}"))
-        _, agent = load_trained_agent(f"{tmp}/gbmr-dqn_{args.repeats - 1}")
+            for i, (label, (algo, overrides)) in enumerate(AGENTS.items()):
+                speeds[label].append(timed_run(algo, args.steps, overrides, f"{tmp}/{i}_{repeat}"))
+        _, agent = load_trained_agent(f"{tmp}/1_{args.repeats - 1}")
     assert isinstance(agent, GBMRDQNAgent)
-    dqn, hybrid = max(speeds["dqn"]), max(speeds["gbmr-dqn"])
-    print(f"**End to end on {ENV}, {args.steps:,} steps, best of {args.repeats}, one torch thread**\n")
+    dqn = max(speeds["dqn"])
+    print(f"**End to end on {ENV}, {args.steps:,} steps (minatar presets), best of {args.repeats}, one torch "
+          "thread**\n")
     print("| agent | steps/s | / DQN |")
     print("|---|---:|---:|")
-    print(f"| dqn (minatar preset) | {dqn:,.0f} | 1.00x |")
-    print(f"| gbmr-dqn (minatar preset) | {hybrid:,.0f} | {hybrid / dqn:.2f}x |")
+    for label, runs in speeds.items():
+        print(f"| {label} | {max(runs):,.0f} | {max(runs) / dqn:.2f}x |")
 
     rng = np.random.default_rng(0)
     batch = agent.buffer.sample(BATCH)
@@ -97,6 +107,16 @@ def main() -> None:
     print(f"| slot -> node map (`memory_values`: encode, gather, node-Q) | {slot_ms:.3f} |")
     print(f"| k-NN search, the graph's `read(keys, k=1)` at {graph.num_nodes:,} nodes | {read_ms:.3f} |")
     print(f"| k-NN search, HNSW over 1e5 random keys (d 64, M 16, ef 128) | {hnsw_ms:.3f} |")
+
+    state = batch.obs[:1]
+    with torch.inference_mode():
+        forward_ms = best_ms(lambda: agent.q(torch.as_tensor(state)))
+    known_ms = best_ms(lambda: agent.known_values(state))
+    print("\n**Acting, per step of one state** (same graph)\n")
+    print("| part | ms |")
+    print("|---|---:|")
+    print(f"| network forward pass | {forward_ms:.3f} |")
+    print(f"| `known_values` (memory_act=max: encode, nearest node, node-Q) | {known_ms:.3f} |")
 
 
 if __name__ == "__main__":
