@@ -19,7 +19,7 @@ sweeps, as ``gbmr-sweep``); its keys ``memory`` (a mapping of GBMR's hyperparame
 network's. Acting and evaluation use the network, as DQN does, unless ``memory_act: max``: then, in a state the
 graph holds (its nearest node within dist_th), an action the graph has taken there is valued at
 max(Q(s, a), Q_G(s, a)), the lower bound applied when acting too. Where observations recur (MinAtar Breakout: 98%
-of the greedy reads find their own state) the graph's converged values then act long before the network has
+of GBMR's greedy reads find their own state) the graph's converged values then act long before the network has
 absorbed them; where they do not (Freeway: none) the network acts alone. It costs a nearest-node search per
 step. Under prioritised replay the memory term is not importance-weighted: it is a regulariser on the states
 replayed, not a sample of the TD error.
