@@ -73,7 +73,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["lr=1e-4", "env_options.frame_skip=2"]`` -> a nested dict shaped like a config file."""
+    """``["lr=1e-4", "env_options.frame_skip=2", "memory.n_step=0"]`` -> a nested dict shaped like a config
+    file (a dotted agent key stays flat here; ``build_config`` sets it into its mapping)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -116,9 +117,12 @@ def build_config(
     agent: dict[str, Any] = {}
     env_options: dict[str, Any] = {}
     agent_keys = {f.name for f in dataclasses.fields(agent_config_cls)}
+    agent_hints = typing.get_type_hints(agent_config_cls)
+    mapping_keys = {key for key in agent_keys if dict in (agent_hints[key], typing.get_origin(agent_hints[key]))}
     for layer in layers:
         layer = dict(layer)
-        agent.update(_mapping(layer.pop("agent", {}), "agent"))
+        for key, value in _mapping(layer.pop("agent", {}), "agent").items():
+            _set_agent_key(agent, key, value, mapping_keys)
         env_options.update(_mapping(layer.pop("env_options", {}), "env_options"))
         layer.update(layer.pop("_flat", {}))
         for key, value in layer.items():
@@ -126,14 +130,27 @@ def build_config(
                 continue  # chosen on the command line, never by a file
             if key in RUN_KEYS:
                 run[key] = value
-            elif key in agent_keys:
-                agent[key] = value
+            elif key in agent_keys or key.partition(".")[0] in mapping_keys:
+                _set_agent_key(agent, key, value, mapping_keys)
             else:
                 raise unknown_choice(f"config key for {algo}", key, sorted(agent_keys | set(RUN_KEYS)))
     hints = typing.get_type_hints(RunConfig)
     for key, value in run.items():
         run[key] = coerce(key, value, hints[key])
     return RunConfig(**run, env_options=env_options, agent=make_agent_config(agent_config_cls, agent))
+
+
+def _set_agent_key(agent: dict[str, Any], key: str, value: Any, mapping_keys: set[str]) -> None:
+    """``agent[key] = value``; a dotted key (``memory.n_step``) sets one entry of a mapping-valued
+    hyperparameter, over what the lower layers gave it."""
+    head, dot, sub = key.partition(".")
+    if not dot:
+        agent[key] = value
+    elif head in mapping_keys:
+        agent[head] = {**(agent.get(head) or {}), sub: value}
+    else:
+        raise GbmrError(f"config key '{key}': only a mapping-valued hyperparameter takes a sub-key, and "
+                        f"'{head}' is not one (those of this algorithm: {', '.join(sorted(mapping_keys)) or 'none'})")
 
 
 def make_agent_config(cls: type, values: dict[str, Any]) -> Any:

@@ -52,3 +52,21 @@ def test_parse_overrides_shapes():
         "_flat": {"a": 1}, "agent": {"b": "x"}, "env_options": {"c": True}}
     with pytest.raises(GbmrError, match="key=value"):
         parse_overrides(["novalue"])
+
+
+def test_dotted_key_sets_one_entry_of_a_mapping_hyperparameter(tmp_path):
+    """gbmr-dqn's `memory` mapping: `memory.n_step=0` changes that entry and keeps the preset's others; a
+    later layer's dotted key beats an earlier one's; a dotted key on a plain hyperparameter is refused."""
+    from gbmr.agents.gbmr_dqn import GBMRDQNConfig
+
+    user = tmp_path / "mine.yaml"
+    user.write_text("agent:\n  memory.sweeps: 7\n  memory.eta: 0.5\n")
+    cfg = build_config("gbmr-dqn", "MinAtar/Breakout-v1", GBMRDQNConfig, "minatar", config_file=str(user),
+                       overrides=["memory.n_step=0", "agent.memory.eta=0.2"])
+    assert cfg.agent.memory["n_step"] == 0 and cfg.agent.memory["sweeps"] == 7
+    assert cfg.agent.memory["eta"] == pytest.approx(0.2)
+    assert cfg.agent.memory["capacity"] == 100_000  # from the minatar preset
+    with pytest.raises(GbmrError, match="'lr' is not one.*: memory"):
+        build_config("gbmr-dqn", "MinAtar/Breakout-v1", GBMRDQNConfig, "minatar", overrides=["agent.lr.x=1"])
+    with pytest.raises(GbmrError, match="'lr.x'.*Did you mean 'lr'"):
+        build_config("gbmr-dqn", "MinAtar/Breakout-v1", GBMRDQNConfig, "minatar", overrides=["lr.x=1"])
