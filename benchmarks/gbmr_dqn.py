@@ -80,7 +80,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for i, (label, (algo, overrides)) in enumerate(AGENTS.items()):
                 speeds[label].append(timed_run(algo, args.steps, overrides, f"{tmp}/{i}_{repeat}"))
-        _, agent = load_trained_agent(f"{tmp}/1_{args.repeats - 1}")
+        _, agent = load_trained_agent(f"{tmp}/{list(AGENTS).index('gbmr-dqn')}_{args.repeats - 1}")
     assert isinstance(agent, GBMRDQNAgent)
     dqn = max(speeds["dqn"])
     print(f"**End to end on {ENV}, {args.steps:,} steps (minatar presets), best of {args.repeats}, one torch "
