@@ -26,6 +26,8 @@ def run_cli(capsys, *argv):
         (["train", "--algo", "dqn", "--env", "Pendulum-v1"], "dqn needs a Discrete action space"),
         (["train", "--algo", "gbmr-sweep", "--env", "GridMaze-Paper-v0", "--set", "backup_eta=2"],
          "backup_eta must lie in [0, 1] (0: use eta), got 2.0"),
+        (["train", "--algo", "gbmr-dqn", "--env", "CartPole-v1", "--set", "memory.sweep_min_visits=0"],
+         "sweep_min_visits must be >= 1, got 0"),
         (["train", "--algo", "dqn", "--env", "CartPole-v1", "--config", "/no/such.yaml"], "does not exist"),
         (["train", "--resume", "/no/such/run"], "run folder '/no/such/run' does not exist"),
         (["eval", "/no/such/run"], "does not exist"),

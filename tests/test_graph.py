@@ -562,6 +562,25 @@ def test_sweep_matches_python_oracle(node_value, reference_backup):
         np.testing.assert_allclose([g.edge_weight[e] for e in weights], list(weights.values()), atol=1e-6)
 
 
+@pytest.mark.parametrize(("min_visits", "w_into_u"), [
+    (1, 0.5 * 5.0),  # V(u) = max(Q(u, 0) = 1, Q(u, 1) = 0 + 0.5 V(v) = 5)
+    (2, 0.5 * 1.0),  # action 1 was taken once at u: V(u) = Q(u, 0), taken 3 times
+    (4, 0.5 * (3 * 1.0 + 1 * 5.0) / 4),  # no action taken 4 times: the visit-weighted mean of u's edges
+])
+def test_sweep_min_visits_by_hand(min_visits, w_into_u):
+    g = MemoryGraph(dim=1, capacity=3, num_actions=2)
+    p, u, v = g.add_nodes(np.array([[0.0], [1.0], [2.0]]))
+    T = g.terminal_node
+    for _ in range(3):  # u -0-> T three times (reward 1), u -1-> v once, v -> T once (reward 10)
+        g.add_transitions([u], [T], [0], [1.0], [1.0])
+    g.add_transitions([p, u, v], [u, v, T], [0, 1, 0], [0.0, 0.0, 10.0], [0.0, 0.0, 10.0])
+    g.sweep(gamma=0.5, eta=1.0, iterations=3, min_visits=min_visits)
+    # v's single edge is its only value whatever min_visits (the mean of one edge), so Q(u, 1) = 5 always
+    np.testing.assert_allclose(g.edge_weight[[g.edge_id(u, v, 1), g.edge_id(p, u, 0)]], [5.0, w_into_u])
+    with pytest.raises(ValueError, match="min_visits must be >= 1"):
+        g.sweep(gamma=0.5, eta=1.0, min_visits=0)
+
+
 def test_backup_along_a_chain_by_hand():
     g = MemoryGraph(dim=1, capacity=3, num_actions=1)
     n = g.add_nodes(np.array([[0.0], [1.0], [2.0]]))

@@ -6,7 +6,8 @@ non-zero reward shared by two or more of the best ``expert_episodes`` episodes, 
 ``diversity``), back the values up along the paths last edge first, and optionally sweep all edges
 (``sweeps`` iterations of value iteration on the graph). Backups move each edge weight at rate ``backup_eta``
 towards its target (default: the write rate ``eta``; 1 replaces it, so enough sweeps converge to the Bellman
-optimum of the empirical graph). Options of the reference code: ``reference_backup``
+optimum of the empirical graph; ``sweep_min_visits`` > 1 keeps that optimum from maximising over actions
+tried too rarely, see ``MemoryGraph.sweep``). Options of the reference code: ``reference_backup``
 (target max next weight, no reward or discount) and the exploration trick (act at random once an episode runs
 past 0.9 x the mean length of the expert episodes).
 
@@ -39,6 +40,7 @@ class GBMRConfig(GQConfig):
     path_score: str = "shortest"  # shortest | reward | diversity
     sweeps: int = 0  # full-graph backup iterations per reconstruction
     backup_eta: float = 0.0  # rate of the path backups and sweeps (0: eta, the write rate; 1: value iteration)
+    sweep_min_visits: int = 1  # sweeps maximise V(u) over actions taken >= this often at u (else: their mean)
     expert_episodes: int = 10  # best episodes kept for `crossing` and the exploration trick
     reference_backup: bool = False  # target = V(dst) alone, as the reference code
     exploration_trick: bool = False  # random actions past 0.9 x mean expert episode length
@@ -66,6 +68,8 @@ class GBMRAgent(GQAgent):
             raise unknown_choice("path score", config.path_score, PATH_SCORES)
         if not 0.0 <= config.backup_eta <= 1.0:
             raise GbmrError(f"backup_eta must lie in [0, 1] (0: use eta), got {config.backup_eta}")
+        if config.sweep_min_visits < 1:
+            raise GbmrError(f"sweep_min_visits must be >= 1, got {config.sweep_min_visits}")
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
         # the best episodes so far, best first: node ids, rewards, return (sum of rewards), length
         self.experts: list[tuple[np.ndarray, np.ndarray, float, int]] = []
@@ -115,7 +119,7 @@ class GBMRAgent(GQAgent):
         paths = self.graph.reconstruct_paths(critical, cfg.path_score) if critical.size >= 2 else []
         self.graph.backup_paths(paths, cfg.gamma, rate, cfg.reference_backup)
         if cfg.sweeps > 0:
-            self.graph.sweep(cfg.gamma, rate, cfg.sweeps, cfg.reference_backup)
+            self.graph.sweep(cfg.gamma, rate, cfg.sweeps, cfg.reference_backup, cfg.sweep_min_visits)
         self.reconstructions += 1
         self.last_critical, self.last_paths = critical, paths
         return {"critical": float(critical.size), "paths": float(len(paths))}

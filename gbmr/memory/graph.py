@@ -614,11 +614,18 @@ class MemoryGraph:
             dst, inverse = np.unique(self.edge_dst[edges], return_inverse=True)
             self._backup(edges, self.node_values(dst)[inverse], gamma, eta, reference_backup)
 
-    def sweep(self, gamma: float, eta: float, iterations: int = 1, reference_backup: bool = False) -> None:
+    def sweep(self, gamma: float, eta: float, iterations: int = 1, reference_backup: bool = False,
+              min_visits: int = 1) -> None:
         """The same backup on all edges at once, `iterations` times (value iteration on the graph; each
-        iteration uses the values from before it). Edges into the truncated sentinel are left alone."""
+        iteration uses the values from before it). Edges into the truncated sentinel are left alone.
+
+        With `min_visits` > 1, V(u) maximises only over the actions taken at u that often, and a node with
+        none takes the visit-weighted mean of its out-edges: the max over one-sample estimates of a
+        stochastic world is biased upwards, and chaining it along paths compounds the bias."""
+        if min_visits < 1:
+            raise ValueError(f"min_visits must be >= 1, got {min_visits}")
         kernels.sweep(int(iterations), float(gamma), float(eta), bool(reference_backup), self.truncated_node,
-                      self._edges, self.node_value == "max")
+                      self._edges, self.node_value == "max", int(min_visits))
 
     # ------------------------------------------------------------------ persistence and views
     def _config(self) -> dict[str, Any]:

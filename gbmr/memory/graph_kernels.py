@@ -532,10 +532,12 @@ def multi_bfs(sources, src, dst, n):
 
 
 @njit(cache=True)
-def sweep(iterations, gamma, eta, reference_backup, skip_dst, edges, use_max):
+def sweep(iterations, gamma, eta, reference_backup, skip_dst, edges, use_max, min_visits):
     """`iterations` synchronous backups of every alive edge not into `skip_dst` (the truncated sentinel):
     w += eta (target - w), target r + gamma V(dst) (reference: V(dst)), V from the weights before the iteration.
-    Edges are gathered once in out-list order so that the iterations run over contiguous arrays."""
+    V(u) is the max over the actions taken at u at least `min_visits` times; at a node with none, the
+    visit-weighted mean of all its out-edges (the behaviour's value). Edges are gathered once in out-list
+    order so that the iterations run over contiguous arrays."""
     ints, floats, alive, links, heads, A = edges[0], edges[1], edges[2], edges[3], edges[4], edges[9]
     n = heads.shape[1]
     m = 0
@@ -563,13 +565,15 @@ def sweep(iterations, gamma, eta, reference_backup, skip_dst, edges, use_max):
         w[p], rew[p], vis[p] = floats[WEIGHT, e], floats[REW, e], ints[VIS, e]
         act[p], dst[p] = ints[ACT, e], ints[DST, e]
     values = np.zeros(n)
-    q, vsum = np.empty(A), np.empty(A)
+    q, vsum, count = np.empty(A), np.empty(A), np.empty(A)
     has = np.empty(A, dtype=np.bool_)
     for _ in range(iterations):
         for o in range(n_own):
             q[:] = 0.0
             vsum[:] = 0.0
+            count[:] = 0.0
             has[:] = False
+            behaviour, visits = 0.0, 0.0
             for p in range(start[o], start[o + 1]):
                 a = act[p]
                 if use_max:
@@ -578,12 +582,15 @@ def sweep(iterations, gamma, eta, reference_backup, skip_dst, edges, use_max):
                     q[a] += w[p] * vis[p]
                     vsum[a] += vis[p]
                 has[a] = True
+                count[a] += vis[p]
+                behaviour += w[p] * vis[p]
+                visits += vis[p]
             best = -np.inf
             for a in range(A):
-                if has[a]:
+                if has[a] and count[a] >= min_visits:
                     qa = q[a] if use_max else q[a] / vsum[a]
                     best = max(best, qa)
-            values[owners[o]] = best
+            values[owners[o]] = best if best > -np.inf else behaviour / visits
         for p in range(m):
             if dst[p] != skip_dst:
                 target = values[dst[p]] if reference_backup else rew[p] + gamma * values[dst[p]]
