@@ -193,3 +193,24 @@ def test_ray_local_runs_one_task_per_run(tmp_path_factory, monkeypatch):
     assert "in Ray (local)" in stdout and "2 started and 0 resumed runs finished" in stdout
     for seed in (1, 2):
         assert status(out / f"dqn_CartPole-v1_lr=0.001_s{seed}")["status"] == "complete"
+
+
+def test_a_folder_lacking_a_later_added_key_matches_only_its_default(finished, tmp_path):
+    """A run written before a config key existed ran with that key's default: the sweep reuses it when it wants
+    the default, and refuses it when it sets another value, or an entry of a mapping (whose default is unknown)."""
+    out, _, _ = finished
+    name = "dqn_CartPole-v1_lr=0.001_s1"
+    old = tmp_path / "runs" / name
+    old.mkdir(parents=True)
+    config = yaml.safe_load((out / name / "config.yaml").read_text())
+    del config["agent"]["loss"]  # as if `loss` had been added to DQN's config since
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+    (old / "status.json").write_text((out / name / "status.json").read_text())
+    states = {r.name: r.state for r in load_sweep(write_sweep(tmp_path), out=old.parent).runs}
+    assert states[name] == "complete"
+    other_loss = {**TINY["set"], "agent": {**TINY["set"]["agent"], "loss": "mse"}}
+    env_option = {**TINY["set"], "env_options": {"sutton_barto_reward": True}}
+    for changed, shown in [(other_loss, "agent.loss: 'not set' there, 'mse' in the sweep"),
+                           (env_option, "env_options.sutton_barto_reward: 'not set' there, True in the sweep")]:
+        with pytest.raises(GbmrError, match=shown):
+            load_sweep(write_sweep(tmp_path, set=changed), out=old.parent)

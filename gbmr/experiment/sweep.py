@@ -49,7 +49,7 @@ import traceback
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -231,10 +231,12 @@ def _plan(name: str, path: Path, config: RunConfig) -> SweepRun:
         return SweepRun(name, path, config, "new", 0)
     saved = _flatten(run.read_config())
     wanted = _flatten(yaml.safe_load(yaml.safe_dump(config.to_dict())))  # tuples -> lists, as saved
-    # keys the folder lacks are config fields added since it was written: the run keeps their defaults
-    differ = [k for k in sorted(saved.keys() & wanted.keys()) if saved[k] != wanted[k]]
+    # a key the folder lacks is a config field added since it was written: the run had its default, so it
+    # matches only if the sweep wants that default (an entry of a mapping-valued field has none we know)
+    defaults = _defaults(config)
+    differ = [k for k in sorted(wanted) if saved.get(k, defaults.get(k, _NO_DEFAULT)) != wanted[k]]
     if differ:
-        shown = "; ".join(f"{k}: {saved[k]!r} there, {wanted[k]!r} in the sweep" for k in differ[:3])
+        shown = "; ".join(f"{k}: {saved.get(k, 'not set')!r} there, {wanted[k]!r} in the sweep" for k in differ[:3])
         raise GbmrError(f"run folder '{path}' holds a run with another config ({shown}); delete the folder or "
                         "give the sweep another out")
     try:
@@ -243,6 +245,23 @@ def _plan(name: str, path: Path, config: RunConfig) -> SweepRun:
         status = {}
     state = "complete" if status.get("status") == "complete" else "partial"
     return SweepRun(name, path, config, state, int(status.get("step", 0)))
+
+
+_NO_DEFAULT = object()
+
+
+def _defaults(config: RunConfig) -> dict[str, Any]:
+    """The flattened defaults of the run's and its agent's config fields (where the field has one)."""
+    def of(cls: type, prefix: str) -> dict[str, Any]:
+        values = {}
+        for f in fields(cls):
+            if f.default is not MISSING:
+                values[prefix + f.name] = f.default
+            elif f.default_factory is not MISSING:
+                values[prefix + f.name] = f.default_factory()
+        return _flatten(yaml.safe_load(yaml.safe_dump(values)))
+
+    return {**of(type(config), ""), **of(type(config.agent), "agent.")}
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
