@@ -70,3 +70,20 @@ def test_dotted_key_sets_one_entry_of_a_mapping_hyperparameter(tmp_path):
         build_config("gbmr-dqn", "MinAtar/Breakout-v1", GBMRDQNConfig, "minatar", overrides=["agent.lr.x=1"])
     with pytest.raises(GbmrError, match="'lr.x'.*Did you mean 'lr'"):
         build_config("gbmr-dqn", "MinAtar/Breakout-v1", GBMRDQNConfig, "minatar", overrides=["lr.x=1"])
+
+
+def test_every_preset_builds_a_valid_config():
+    """A misspelt or ill-typed key in a preset file (or in gbmr-dqn's `memory` mapping, which only its agent
+    reads) fails here, not hours into a sweep. Presets that need a file (encoder_path) load their keys all the same."""
+    from gbmr.agents import agent_class
+    from gbmr.agents.gbmr import GBMRSweepConfig
+    from gbmr.config import PRESETS_DIR, make_agent_config, preset_names
+
+    algos = sorted(p.name for p in PRESETS_DIR.iterdir() if p.is_dir() and p.name != "sweeps")
+    assert {"dqn", "gbmr", "gbmr-dqn", "gq", "nec", "mfec"} <= set(algos)
+    for algo in algos:
+        for preset in preset_names(algo):
+            cfg = build_config(algo, "CartPole-v1", agent_class(algo).Config, "classic", preset=preset)
+            assert cfg.preset == preset
+            if algo == "gbmr-dqn":
+                make_agent_config(GBMRSweepConfig, cfg.agent.memory)
