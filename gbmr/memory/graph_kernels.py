@@ -565,13 +565,12 @@ def sweep(iterations, gamma, eta, reference_backup, skip_dst, edges, use_max, mi
         w[p], rew[p], vis[p] = floats[WEIGHT, e], floats[REW, e], ints[VIS, e]
         act[p], dst[p] = ints[ACT, e], ints[DST, e]
     values = np.zeros(n)
-    q, vsum, count = np.empty(A), np.empty(A), np.empty(A)
+    q, vsum = np.empty(A), np.empty(A)  # vsum: visits of (u, a)
     has = np.empty(A, dtype=np.bool_)
     for _ in range(iterations):
         for o in range(n_own):
             q[:] = 0.0
             vsum[:] = 0.0
-            count[:] = 0.0
             has[:] = False
             behaviour, visits = 0.0, 0.0
             for p in range(start[o], start[o + 1]):
@@ -580,14 +579,13 @@ def sweep(iterations, gamma, eta, reference_backup, skip_dst, edges, use_max, mi
                     q[a] = w[p] if not has[a] else max(q[a], w[p])
                 else:
                     q[a] += w[p] * vis[p]
-                    vsum[a] += vis[p]
+                vsum[a] += vis[p]
                 has[a] = True
-                count[a] += vis[p]
                 behaviour += w[p] * vis[p]
                 visits += vis[p]
             best = -np.inf
             for a in range(A):
-                if has[a] and count[a] >= min_visits:
+                if has[a] and vsum[a] >= min_visits:
                     qa = q[a] if use_max else q[a] / vsum[a]
                     best = max(best, qa)
             values[owners[o]] = best if best > -np.inf else behaviour / visits
