@@ -3,7 +3,7 @@ latest checkpoint, the graph is re-solved (value iteration to convergence, rate 
 actions taken at least m times at u, for several m, and the mean Q_G(s, a) over the steps in the replay is set
 beside the discounted return the behaviour achieved from those same steps.
 
-    python benchmarks/graph_optimism.py results/minatar/Asterix/minatar_500000/gbmr-dqn_MinAtar-Asterix-v1_s1
+    python benchmarks/graph_optimism.py results/minatar/variants/gbmr-dqn_ungated_asterix_s1
 
 The memory term is a lower bound, max(Q_G - Q, 0)^2: a Q_G far above what any policy achieves pulls the network
 up where it should not. The behaviour's return is a floor of the greedy policy's value, not its value, so a
