@@ -52,6 +52,13 @@ def test_eval_score_is_last_evaluation_at_or_before_budget(tmp_path):
     assert np.isnan(score_at_budget(run, 50, "eval"))
 
 
+def test_eval_mean_score_is_mean_of_evaluations_at_or_before_budget(tmp_path):
+    run = load_run(eval_run(tmp_path, "dqn", "CartPole-v1", 0, [1.0, 2.0, 6.0]))
+    assert score_at_budget(run, 250, "eval-mean") == 1.5
+    assert score_at_budget(run, None, "eval-mean") == 3.0
+    assert np.isnan(score_at_budget(run, 50, "eval-mean"))
+
+
 def test_train_score_is_mean_of_last_tenth_of_steps(tmp_path):
     steps = np.arange(1, 101)
     run = load_run(write_run(tmp_path / "r", "dqn", "CartPole-v1", 0, steps, steps.astype(float)))
@@ -177,6 +184,16 @@ def test_runs_with_different_logging_steps_all_reach_the_curves(tmp_path):
     report = build_report(load_runs([str(tmp_path / "?")]), tmp_path / "out", reps=REPS)
     assert report.scores.loc[0, "n"] == 2 and report.scores.loc[0, "mean"] == pytest.approx(25.0)
     assert "curve: CartPole-v1" in report.figures
+
+
+def test_compare_by_mean_of_evaluations(tmp_path, capsys):
+    eval_run(tmp_path, "dqn", "CartPole-v1", 0, [10.0, 20.0, 60.0])
+    eval_run(tmp_path, "dqn", "CartPole-v1", 1, [0.0, 40.0, 50.0])
+    assert run_compare(compare_args(str(tmp_path), "--out", str(tmp_path / "out"), "--metric", "eval-mean",
+                                    "--budget", "200")) == 0
+    md = (tmp_path / "out" / "scores.md").read_text()
+    assert "mean of its greedy evaluations at or before 200 env steps" in md
+    assert "**17.5 [15.0, 20.0]**" in md  # seeds (10 + 20) / 2 and (0 + 40) / 2
 
 
 def test_in_progress_run_is_included_and_marked(tmp_path):

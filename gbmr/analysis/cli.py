@@ -24,9 +24,10 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR", help="folder to write into")
     parser.add_argument("--budget", type=int, metavar="STEPS",
                         help="score each run at this many env steps (default: each run's end)")
-    parser.add_argument("--metric", choices=("eval", "train"), default="eval",
-                        help="eval: greedy evaluations (eval.csv); train: training episode returns "
-                        "(metrics.csv)")
+    parser.add_argument("--metric", choices=("eval", "eval-mean", "train"), default="eval",
+                        help="eval: the last greedy evaluation (eval.csv); eval-mean: the mean of all of "
+                        "them (the area under the curve, steadier than one evaluation of a few episodes); train: "
+                        "the training episodes' returns over the last 10%% of steps (metrics.csv)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for every CI")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     parser.set_defaults(func=run_compare)

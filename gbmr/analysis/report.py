@@ -154,7 +154,7 @@ def curve_figures(runs: list[Run], metric: str, budget: int | None, reps: int, r
                   colors: dict, out: Path) -> dict[str, Path]:
     """Per env: every run's curve interpolated onto one grid of env steps, then mean and CI across seeds."""
     figures = {}
-    ylabel = "evaluation return" if metric == "eval" else "training return (moving average)"
+    ylabel = "training return (moving average)" if metric == "train" else "evaluation return"
     for i, env in enumerate(dict.fromkeys(r.env for r in runs)):
         env_runs = [r for r in runs if r.env == env]
         curves = {id(r): curve(r, metric) for r in env_runs}
@@ -228,6 +228,9 @@ def score_definition(budget: int | None, metric: str, reps: int) -> str:
     if metric == "eval":
         what = (f"the last greedy evaluation at or before {budget:,} env steps" if budget is not None
                 else "the final greedy evaluation")
+    elif metric == "eval-mean":
+        what = ("the mean of its greedy evaluations" + (f" at or before {budget:,} env steps" if budget is not None
+                                                         else "") + " (the area under its evaluation curve)")
     else:
         span = f"the last {TRAIN_WINDOW:.0%} of steps before {budget:,}" if budget is not None else (
             f"the last {TRAIN_WINDOW:.0%} of each run's steps")
@@ -338,9 +341,9 @@ def build_report(runs: list[Run], out: Path, budget: int | None = None, metric: 
     scored = score_runs(runs, budget, metric)
     valid = scored[scored.score.notna()]
     if valid.empty:
-        what = "an evaluation (eval.csv)" if metric == "eval" else "a finished episode (metrics.csv)"
+        what = "a finished episode (metrics.csv)" if metric == "train" else "an evaluation (eval.csv)"
         raise GbmrError(f"no run has {what} at or before the budget"
-                        + ("; try --metric train" if metric == "eval" else ""))
+                        + ("" if metric == "train" else "; try --metric train"))
     caption = score_definition(budget, metric, reps)
     table = score_table(valid, reps, rng)
     write_tables(table, out, caption)

@@ -197,13 +197,16 @@ def load_runs(patterns: Sequence[str]) -> list[Run]:
 def score_at_budget(run: Run, budget: int | None, metric: str) -> float:
     """The run's return at the budget (its end if no budget or it stopped short); NaN if nothing is logged.
 
-    eval: the last greedy evaluation at or before the budget. train: the mean return of the episodes that
-    ended in the last 10% of steps before the budget (the last episode if that window holds none).
+    eval: the last greedy evaluation at or before the budget. eval-mean: the mean of the evaluations at or
+    before it. train: the mean return of the episodes that ended in the last 10% of steps before the budget
+    (the last episode if that window holds none).
     """
     end = run.last_step if budget is None else min(budget, run.last_step)
-    if metric == "eval":
+    if metric in ("eval", "eval-mean"):
         i = np.searchsorted(run.eval_steps, end, side="right")
-        return float(run.eval_returns[i - 1]) if i else float("nan")
+        if i == 0:
+            return float("nan")
+        return float(run.eval_returns[i - 1] if metric == "eval" else run.eval_returns[:i].mean())
     stop = np.searchsorted(run.train_steps, end, side="right")
     if stop == 0:
         return float("nan")
@@ -212,9 +215,9 @@ def score_at_budget(run: Run, budget: int | None, metric: str) -> float:
 
 
 def curve(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """The run's learning curve: evaluations as logged, or training returns under a trailing moving average
-    over 1% of its episodes (raw episode returns are too noisy to read)."""
-    if metric == "eval":
+    """The run's learning curve: evaluations as logged (both eval metrics), or training returns under a
+    trailing moving average over 1% of its episodes (raw episode returns are too noisy to read)."""
+    if metric != "train":
         return run.eval_steps, run.eval_returns
     n = len(run.train_returns)
     window = max(1, n // 100)
