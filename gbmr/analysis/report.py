@@ -113,7 +113,7 @@ def _cell(row: pd.Series, bold: tuple[str, str]) -> str:
     return text + (RUNNING if row.running else "") + (SHORT if row.short else "")
 
 
-def _grid(table: pd.DataFrame, bold: tuple[str, str]) -> pd.DataFrame:
+def score_grid(table: pd.DataFrame, bold: tuple[str, str]) -> pd.DataFrame:
     """method x env grid of formatted cells, '-' where a method did not run an env."""
     cells = table.assign(text=table.apply(_cell, axis=1, bold=bold))
     envs = list(dict.fromkeys(table.env))
@@ -132,11 +132,11 @@ def _latex_escape(text: str) -> str:
 def write_tables(table: pd.DataFrame, out: Path, caption: str) -> None:
     """scores.csv (tidy, full precision), scores.md and scores.tex (grid, best in bold)."""
     table.to_csv(out / "scores.csv", index=False)
-    md = _grid(table, ("**", "**"))
+    md = score_grid(table, ("**", "**"))
     lines = ["| method | " + " | ".join(md.columns) + " |", "|---" * (len(md.columns) + 1) + "|"]
     lines += [f"| {m} | " + " | ".join(row) + " |" for m, row in md.iterrows()]
     (out / "scores.md").write_text(caption + "\n\n" + "\n".join(lines) + "\n")
-    tex = _grid(table, ("\x00", "\x01"))
+    tex = score_grid(table, ("\x00", "\x01"))
     body = [
         " & ".join(_latex_escape(c).replace("\x00", r"\textbf{").replace("\x01", "}") for c in (m, *row))
         + r" \\"
@@ -284,7 +284,7 @@ def _figure(path: Path, caption: str) -> str:
 
 def write_html(out: Path, runs: list[Run], scored: pd.DataFrame, table: pd.DataFrame, report: Report,
                caption: str, agg_note: str) -> Path:
-    grid = _grid(table, ("", ""))
+    grid = score_grid(table, ("", ""))
     grid.index.name = "method"
     best = frozenset(zip(table.method[table.best], table.env[table.best], strict=True))
     norms = scored[scored.norm_source != ""].groupby("env").norm_source.first()
