@@ -229,8 +229,8 @@ def score_definition(budget: int | None, metric: str, reps: int) -> str:
         what = (f"the last greedy evaluation at or before {budget:,} env steps" if budget is not None
                 else "the final greedy evaluation")
     elif metric == "eval-mean":
-        what = ("the mean of its greedy evaluations" + (f" at or before {budget:,} env steps" if budget is not None
-                                                         else "") + " (the area under its evaluation curve)")
+        upto = f" at or before {budget:,} env steps" if budget is not None else ""
+        what = f"the mean of its greedy evaluations{upto} (the area under its evaluation curve)"
     else:
         span = f"the last {TRAIN_WINDOW:.0%} of steps before {budget:,}" if budget is not None else (
             f"the last {TRAIN_WINDOW:.0%} of each run's steps")
