@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gbmr.analysis.cli import METRICS
 from gbmr.analysis.report import score_definition, score_grid, score_runs, score_table
 from gbmr.analysis.runs import load_runs
 
@@ -24,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("results/minatar"), help="one folder per game below it")
     parser.add_argument("--steps", type=int, default=500_000, help="the budget the runs were made at")
-    parser.add_argument("--metric", choices=("eval", "eval-mean", "train"), default="eval")
+    parser.add_argument("--metric", choices=METRICS, default="eval")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples per CI")
     args = parser.parse_args()
 
@@ -41,7 +42,7 @@ def main() -> None:
         if n < seeds:
             grid.loc[env, method] += f" ({n} seed{'s' if n > 1 else ''})"
     grid.index = [env.removeprefix("MinAtar/").removesuffix("-v1") for env in grid.index]
-    print(score_definition(args.steps, args.metric, args.reps).replace(" over seeds", f" over {seeds} seeds"))
+    print(f"{score_definition(args.steps, args.metric, args.reps)} {seeds} seeds a cell unless marked.")
     print("\n| game | " + " | ".join(grid.columns) + " |\n|---|" + "---:|" * len(grid.columns))
     for game in [g for g in GAMES if g in grid.index]:
         print(f"| {game} | " + " | ".join(grid.loc[game]) + " |")

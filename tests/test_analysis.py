@@ -186,7 +186,7 @@ def test_runs_with_different_logging_steps_all_reach_the_curves(tmp_path):
     assert "curve: CartPole-v1" in report.figures
 
 
-def test_compare_by_mean_of_evaluations(tmp_path, capsys):
+def test_compare_by_mean_of_evaluations(tmp_path):
     eval_run(tmp_path, "dqn", "CartPole-v1", 0, [10.0, 20.0, 60.0])
     eval_run(tmp_path, "dqn", "CartPole-v1", 1, [0.0, 40.0, 50.0])
     assert run_compare(compare_args(str(tmp_path), "--out", str(tmp_path / "out"), "--metric", "eval-mean",

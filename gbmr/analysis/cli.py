@@ -8,6 +8,9 @@ from pathlib import Path
 
 from gbmr.errors import GbmrError
 
+# What a run is scored by (gbmr.analysis.runs.score_at_budget); kept here so parsing imports no pandas.
+METRICS = ("eval", "eval-mean", "train")
+
 
 def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `compare` on the main CLI's subparsers (its handler is set as `func`)."""
@@ -24,7 +27,7 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR", help="folder to write into")
     parser.add_argument("--budget", type=int, metavar="STEPS",
                         help="score each run at this many env steps (default: each run's end)")
-    parser.add_argument("--metric", choices=("eval", "eval-mean", "train"), default="eval",
+    parser.add_argument("--metric", choices=METRICS, default="eval",
                         help="eval: the last greedy evaluation (eval.csv); eval-mean: the mean of all of "
                         "them (the area under the curve, steadier than one evaluation of a few episodes); train: "
                         "the training episodes' returns over the last 10%% of steps (metrics.csv)")
