@@ -1,6 +1,7 @@
 """The README's MinAtar table, from the run folders in results/minatar/: one row per game, one column per agent
 (and preset, when not its ``minatar`` one), each cell the mean over seeds [95% bootstrap CI] of the score
-``gbmr compare --metric`` names. Nothing is run; runs still in progress are marked †.
+``gbmr compare --metric`` names. Nothing is run; runs still in progress are marked †, or left out with
+``--complete-only``.
 
     python benchmarks/minatar_table.py                      # the final greedy evaluation at 500k steps
     python benchmarks/minatar_table.py --metric eval-mean   # the mean over a run's 20 evaluations
@@ -27,10 +28,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500_000, help="the budget the runs were made at")
     parser.add_argument("--metric", choices=METRICS, default="eval")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples per CI")
+    parser.add_argument("--complete-only", action="store_true", help="leave out the runs still in progress")
     args = parser.parse_args()
 
     folders = [args.root / game / f"minatar_{args.steps}" for game in GAMES]
     runs = load_runs([str(f) for f in folders if f.is_dir()])
+    if args.complete_only:
+        runs = [run for run in runs if run.status == "complete"]
     for run in runs:  # a column per preset: the per-game encoder paths are not what tells the agents apart
         preset = run.config.get("preset", "minatar")
         run.variant = "" if preset == "minatar" else preset
