@@ -34,7 +34,7 @@ def main() -> None:
     folders = [args.root / game / f"minatar_{args.steps}" for game in GAMES]
     runs = load_runs([str(f) for f in folders if f.is_dir()])
     if args.complete_only:
-        runs = [run for run in runs if run.status == "complete"]
+        runs = [run for run in runs if not run.in_progress]
     for run in runs:  # a column per preset: the per-game encoder paths are not what tells the agents apart
         preset = run.config.get("preset", "minatar")
         run.variant = "" if preset == "minatar" else preset
