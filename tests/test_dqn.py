@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from gbmr.agents.acting import linear_schedule
-from gbmr.agents.dqn import clip_grad_norm, q_targets
+from gbmr.agents.dqn import q_targets
+from gbmr.agents.optim import clip_grad_norm
 
 
 def test_double_dqn_targets():

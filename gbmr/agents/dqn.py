@@ -7,7 +7,6 @@ Huber or squared loss, gradient-norm clipping.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -17,6 +16,7 @@ from torch.nn import functional as F
 
 from gbmr.agents.acting import linear_schedule, require_discrete
 from gbmr.agents.base import Agent
+from gbmr.agents.optim import clip_grad_norm, make_adam
 from gbmr.errors import unknown_choice
 from gbmr.experiment.seeding import derive_seed
 from gbmr.experiment.state import rng_state, set_rng_state
@@ -68,19 +68,6 @@ def q_targets(
         return returns + discounts * next_q_target.amax(dim=1)
     best = next_q_online.argmax(dim=1, keepdim=True)
     return returns + discounts * next_q_target.gather(1, best).squeeze(1)
-
-
-def make_adam(params: Iterable[torch.Tensor], lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam as one fused kernel where torch has it: per-parameter Python loops cost ~100 us a step on a small net."""
-    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
-
-
-@torch.no_grad()
-def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
-    """``nn.utils.clip_grad_norm_`` (2-norm over all gradients, scaled by min(1, max_norm / (norm + 1e-6))) for
-    gradients on one device, without its grouping by device and dtype, which costs ~30 us a call on a small net."""
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
 
 
 class DQNAgent(Agent):
