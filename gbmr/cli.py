@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_list() -> int:
     from gbmr.agents import ALGORITHMS
     from gbmr.config import preset_names
-    from gbmr.envs import list_env_ids
+    from gbmr.envs import generic, list_env_ids
+    from gbmr.envs.registry import GENERIC
 
     print("algorithms (presets):")
     for algo in sorted(ALGORITHMS):
@@ -89,6 +90,7 @@ def cmd_list() -> int:
         print(f"  {family}:")
         for env_id in ids:
             print(f"    {env_id}")
+    print(f"  {GENERIC}:\n    {generic.summary()}")
     return 0
 
 

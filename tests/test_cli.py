@@ -18,8 +18,8 @@ def run_cli(capsys, *argv):
     ("argv", "message"),
     [
         (["train", "--algo", "dqm", "--env", "CartPole-v1"], "unknown algorithm 'dqm'. Did you mean 'dqn'?"),
-        (["train", "--algo", "dqn", "--env", "CartPole-v0"],
-         "unknown environment id 'CartPole-v0'. Did you mean 'CartPole-v1'?"),
+        (["train", "--algo", "dqn", "--env", "CartPol-v1"],
+         "unknown environment id 'CartPol-v1'. Did you mean 'CartPole-v1'?"),
         (["train", "--algo", "dqn", "--env", "CartPole-v1", "--set", "lrr=3"], "unknown config key for dqn 'lrr'"),
         (["train", "--algo", "dqn", "--env", "CartPole-v1", "--set", "lr=fast"], "config key 'lr' expects float"),
         (["train", "--algo", "dqn", "--env", "CartPole-v1", "--set", "loss=l1"], "unknown loss 'l1'"),

@@ -125,7 +125,7 @@ def test_failed_run_is_reported_and_resumed_on_the_next_sweep(tmp_path, monkeypa
     [
         ({"seed": [1]}, "unknown sweep key 'seed'. Did you mean 'seeds'?"),
         ({"algos": ["dqm"]}, "unknown algorithm 'dqm'. Did you mean 'dqn'?"),
-        ({"envs": ["CartPole-v0"]}, "unknown environment id 'CartPole-v0'. Did you mean 'CartPole-v1'?"),
+        ({"envs": ["CartPol-v1"]}, "unknown environment id 'CartPol-v1'. Did you mean 'CartPole-v1'?"),
         ({"grid": {"lrr": [1e-3]}}, "unknown config key for dqn 'lrr'"),
         ({"grid": {"lr": ["fast"]}}, "config key 'lr' expects float, got 'fast'"),
         ({"grid": {"lr": 1e-3}}, "grid values of 'lr' must be a non-empty list, got 0.001"),

@@ -1,9 +1,10 @@
 """Environment ids, option checking, and the two helpers several families share.
 
-Each family module (``classic``, ``minatar``, ``atari``, ``maze``) exposes ``env_ids()``, ``options(env_id)``
-(valid options with their defaults) and ``make(env_id, *, training, render_mode, **options)``. This module
-dispatches to them and imports them lazily, so ``import gbmr.envs`` stays cheap (MinAtar alone takes ~2 s to
-import) and a broken optional dependency only hurts its own family.
+Each family module (``classic``, ``minatar``, ``atari``, ``maze``, ``memory``) exposes ``env_ids()``,
+``options(env_id)`` (valid options with their defaults) and ``make(env_id, *, training, render_mode, **options)``.
+This module dispatches to them and imports them lazily, so ``import gbmr.envs`` stays cheap (MinAtar alone takes
+~2 s to import) and a broken optional dependency only hurts its own family. An id none of them has goes to the
+``generic`` family (``gym``): any id registered with Gymnasium, or ``module:EnvId``.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from gymnasium.spaces import Box
 
 from gbmr.errors import GbmrError, unknown_choice
 
-FAMILIES = ("classic", "minatar", "atari", "maze")
+FAMILIES = ("classic", "minatar", "atari", "maze", "memory")  # fixed lists of ids, tried in this order
+GENERIC = "gym"  # the family of module ``generic``, tried last: whatever Gymnasium has registered
 _LISTED = 12  # a family with more ids (Atari: >100) is summarised in the unknown-id error
 
 
 def _family_module(family: str) -> ModuleType:
-    return importlib.import_module(f"gbmr.envs.{family}")
+    return importlib.import_module(f"gbmr.envs.{'generic' if family == GENERIC else family}")
 
 
 def list_env_ids() -> dict[str, list[str]]:
-    """Family name -> sorted environment ids (what ``gbmr list`` prints)."""
+    """Family name -> sorted environment ids of the fixed families (what ``gbmr list`` prints); the generic
+    family's hundreds of ids are summarised by ``generic.summary()`` instead."""
     return {family: sorted(_family_module(family).env_ids()) for family in FAMILIES}
 
 
@@ -37,11 +40,16 @@ def env_family(env_id: str) -> str:
     for family in FAMILIES:
         if env_id in _family_module(family).env_ids():
             return family
+    generic = _family_module(GENERIC)
+    if generic.accepts(env_id):  # imports the id's module first, if it names one
+        return GENERIC
     by_family = list_env_ids()
     listing = "; ".join(f"{family}: {', '.join(ids)}" if len(ids) <= _LISTED else
                         f"{family}: {len(ids)} ids such as {', '.join(ids[:3])} (`gbmr list` prints them all)"
                         for family, ids in by_family.items())
-    raise unknown_choice("environment id", env_id, [i for ids in by_family.values() for i in ids], listing)
+    known = {i for ids in by_family.values() for i in ids} | generic.env_ids()
+    name = generic.split_id(env_id)[1]  # a module that imported fine: only the id can be wrong
+    raise unknown_choice("environment id", name, known, f"{listing}; {GENERIC}: {generic.summary()}")
 
 
 def env_options(env_id: str) -> dict[str, object]:
