@@ -18,6 +18,10 @@ ALGORITHMS: dict[str, str] = {
     "gcmr": "gbmr.agents.gbmr:GCMRAgent",
     "gbmr-sweep": "gbmr.agents.gbmr:GBMRSweepAgent",
     "gbmr-dqn": "gbmr.agents.gbmr_dqn:GBMRDQNAgent",
+    "reinforce": "gbmr.agents.reinforce:ReinforceAgent",
+    "actor-critic": "gbmr.agents.actor_critic:ActorCriticAgent",
+    "a2c": "gbmr.agents.a2c:A2CAgent",
+    "ppo": "gbmr.agents.ppo:PPOAgent",
 }
 
 

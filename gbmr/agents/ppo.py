@@ -1,0 +1,103 @@
+"""PPO (Schulman et al. 2017) with the implementation details of Huang et al. 2022 (CleanRL's ppo.py).
+
+A rollout of ``n_steps`` per env, GAE advantages, then ``update_epochs`` passes over it in ``num_minibatches``
+shuffled minibatches of the clipped surrogate, the (optionally clipped) value loss and an entropy bonus;
+advantages normalised per minibatch, learning rate annealed, gradients clipped, early stop at ``target_kl``.
+Discrete (categorical) and continuous (diagonal Gaussian) actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gbmr.agents.policy_gradient import PolicyGradientAgent, PolicyGradientConfig, explained_variance, normalize
+from gbmr.errors import GbmrError
+from gbmr.memory.rollout import flatten_time, gae
+
+
+@dataclass
+class PPOConfig(PolicyGradientConfig):
+    lr: float = 2.5e-4
+    n_steps: int = 128  # rollout length per env
+    gae_lambda: float = 0.95
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    clip_coef: float = 0.2
+    clip_vloss: bool = True
+    norm_adv: bool = True
+    ent_coef: float = 0.01
+    target_kl: float = 0.0  # 0 = no early stopping
+    anneal_lr: bool = True
+
+
+def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+               new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_coef: float,
+               clip_vloss: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(policy loss, value loss, approximate KL, clip fraction) of a minibatch.
+
+    policy: mean of max(-A r, -A clip(r, 1 - c, 1 + c)), r = pi_new(a|s) / pi_old(a|s);
+    value: 0.5 mean (V - R)^2, or with clipping 0.5 mean max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2);
+    KL: mean((r - 1) - log r) (Schulman's low-variance estimator)."""
+    log_ratio = new_log_probs - old_log_probs
+    ratio = log_ratio.exp()
+    policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+    value_error = (new_values - returns).square()
+    if clip_vloss:
+        clipped = old_values + (new_values - old_values).clamp(-clip_coef, clip_coef)
+        value_error = torch.max(value_error, (clipped - returns).square())
+    value_loss = 0.5 * value_error.mean()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clip_fraction = ((ratio - 1).abs() > clip_coef).float().mean()
+    return policy_loss, value_loss, approx_kl, clip_fraction
+
+
+class PPOAgent(PolicyGradientAgent):
+    Config = PPOConfig
+    metric_names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
+                    "lr")
+
+    def __init__(self, config: PPOConfig, observation_space, action_space, num_envs, device, seed, total_steps):
+        batch = config.n_steps * num_envs
+        if config.n_steps < 1 or config.num_minibatches < 1 or batch < config.num_minibatches:
+            raise GbmrError(f"ppo needs n_steps >= 1 and n_steps x num_envs ({batch}) >= num_minibatches "
+                            f"({config.num_minibatches})")
+        super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
+
+    def rollout_capacity(self) -> int:
+        return self.config.n_steps
+
+    def learn(self) -> dict[str, float]:
+        cfg, s = self.config, self.storage
+        with torch.no_grad():
+            advantages, returns = gae(s["rewards"], s["values"], s.next_values(), s["dones"], cfg.gamma,
+                                      cfg.gae_lambda)
+        obs, actions = flatten_time(s["obs"]), flatten_time(s["actions"])
+        old_log_probs, old_values = flatten_time(s["log_probs"]), flatten_time(s["values"])
+        advantages, returns = flatten_time(advantages), flatten_time(returns)
+        size = len(obs)
+        minibatch = size // cfg.num_minibatches
+        totals = torch.zeros(5, device=self.device)
+        count = 0
+        for _ in range(cfg.update_epochs):
+            order = torch.as_tensor(self.rng.permutation(size), device=self.device)
+            for start in range(0, minibatch * cfg.num_minibatches, minibatch):
+                idx = order[start:start + minibatch]
+                log_probs, entropy, values = self.evaluate_actions(obs[idx], actions[idx])
+                adv = normalize(advantages[idx]) if cfg.norm_adv else advantages[idx]
+                policy_loss, value_loss, approx_kl, clip_fraction = ppo_losses(
+                    log_probs, old_log_probs[idx], adv, values, old_values[idx], returns[idx], cfg.clip_coef,
+                    cfg.clip_vloss)
+                entropy = entropy.mean()
+                self.optimise(policy_loss - cfg.ent_coef * entropy + cfg.vf_coef * value_loss)
+                totals += torch.stack((policy_loss.detach(), value_loss.detach(), entropy.detach(), approx_kl,
+                                       clip_fraction))
+                count += 1
+            if cfg.target_kl > 0 and approx_kl.item() > cfg.target_kl:
+                break
+        means = (totals / count).tolist()
+        return {"policy_loss": means[0], "value_loss": means[1], "entropy": means[2], "approx_kl": means[3],
+                "clip_fraction": means[4], "explained_variance": explained_variance(old_values, returns),
+                "lr": self.optimizer.param_groups[0]["lr"]}

@@ -1,0 +1,93 @@
+"""REINFORCE (Williams 1992): Monte-Carlo policy gradient, one gradient step per batch of whole episodes.
+
+The loss is -sum_t log pi(a_t|s_t) (G_t - b(s_t)) over the steps of the episodes that ended since the last
+update, G_t the reward-to-go. Options: a learned value baseline b (``baseline``; then a truncated episode's
+return is bootstrapped from V too), research note 003's *round* discounting (``round_discount``: the discounted
+sum restarts at every nonzero reward, a point in Pong, so a step is credited only with its own point), returns
+normalised per batch (``normalize_returns``), and the loss divided by the number of steps, episodes or rounds
+(``loss_per``: the note found dividing by rounds better than by steps on Pong).
+
+Episodes are whole: steps of an episode (or, with round discounting, a round) still running when the batch is
+complete are left out, and the next batch starts where they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from gbmr.agents.policy_gradient import PolicyGradientAgent, PolicyGradientConfig, normalize
+from gbmr.errors import GbmrError, unknown_choice
+from gbmr.memory.rollout import discounted_returns, round_cuts
+
+LOSS_PER = ("step", "episode", "round")
+
+
+@dataclass
+class ReinforceConfig(PolicyGradientConfig):
+    lr: float = 1e-3
+    batch_episodes: int = 4  # episodes per gradient step
+    max_rollout_steps: int = 5000  # per env: a batch is also complete when the storage is full
+    baseline: bool = False
+    round_discount: bool = False
+    normalize_returns: bool = False
+    loss_per: str = "step"  # step | episode | round
+
+
+def finished_mask(dones: torch.Tensor) -> torch.Tensor:
+    """[T, N] True for the steps followed, in their env, by an episode end at or after them (whole episodes)."""
+    return dones.flip(0).to(torch.int8).cummax(dim=0).values.flip(0).bool()
+
+
+class ReinforceAgent(PolicyGradientAgent):
+    Config = ReinforceConfig
+    metric_names = ("policy_loss", "value_loss", "entropy", "batch_return")
+
+    def __init__(self, config: ReinforceConfig, observation_space, action_space, num_envs, device, seed,
+                 total_steps):
+        if config.loss_per not in LOSS_PER:
+            raise unknown_choice("loss_per", config.loss_per, LOSS_PER)
+        if config.batch_episodes < 1 or config.max_rollout_steps < 1:
+            raise GbmrError("reinforce needs batch_episodes >= 1 and max_rollout_steps >= 1")
+        super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
+        self.episodes_in_batch = 0
+
+    def rollout_capacity(self) -> int:
+        return self.config.max_rollout_steps
+
+    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        super().observe(obs, actions, rewards, next_obs, terminated, truncated)
+        self.episodes_in_batch += int((terminated | truncated).sum())
+
+    def ready(self) -> bool:
+        return self.episodes_in_batch >= self.config.batch_episodes or self.storage.full
+
+    def learn(self) -> dict[str, float]:
+        cfg, s = self.config, self.storage
+        rewards, dones = s["rewards"], s["dones"]
+        next_values = s.next_values() if cfg.baseline else torch.zeros_like(rewards)
+        if cfg.round_discount:
+            next_values, dones = round_cuts(rewards, next_values, dones)
+        returns = discounted_returns(rewards, next_values, dones, cfg.gamma)
+        mask = finished_mask(dones)
+        self.episodes_in_batch = 0
+        if not mask.any():
+            return {}
+        log_probs, entropy, values = self.evaluate_actions(s["obs"][mask], s["actions"][mask])
+        returns = returns[mask]
+        weights = returns - values.detach() if cfg.baseline else returns
+        if cfg.normalize_returns:
+            weights = normalize(weights)
+        divisor = {"step": mask.sum(), "episode": s["dones"][mask].sum(),
+                   "round": (rewards[mask] != 0).sum()}[cfg.loss_per].clamp(min=1)
+        policy_loss = -(log_probs * weights).sum() / divisor
+        value_loss = F.mse_loss(values, returns) if cfg.baseline else torch.zeros((), device=self.device)
+        entropy = entropy.mean()
+        self.optimise(policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy)
+        episode_returns = rewards[mask].sum() / s["dones"][mask].sum().clamp(min=1)
+        policy_loss, value_loss, entropy, batch_return = torch.stack(
+            (policy_loss, value_loss, entropy, episode_returns)).tolist()
+        return {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
+                "batch_return": batch_return}

@@ -1,0 +1,109 @@
+"""On-policy storage: a rollout of named arrays with leading dims [T, N], and the returns computed on it.
+
+Conventions for every function here (all tensors [T, N], time first):
+- ``dones[t]``: the episode of env n ended at step t (terminated or truncated);
+- ``next_values[t]``: the value to bootstrap from after step t: V(s_{t+1}) inside an episode, V(final obs) where
+  the episode was truncated (time limit: the state still had a future), 0 where it terminated.
+``RolloutStorage.next_values`` builds it from the values recorded while acting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
+        gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016): advantages and the value targets A + V.
+
+    delta_t = r_t + gamma * next_value_t - V(s_t); A_t = delta_t + gamma * lam * A_{t+1}, the sum cut where an
+    episode ended (its bootstrap is already in next_value_t)."""
+    deltas = rewards + gamma * next_values - values
+    carry = gamma * lam * (~dones).to(rewards.dtype)
+    advantages = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):  # a loop over time only: vectorised over the envs
+        running = deltas[t] + carry[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def discounted_returns(rewards: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
+                       gamma: float) -> torch.Tensor:
+    """Reward-to-go G_t = r_t + gamma * G_{t+1} inside an episode, r_t + gamma * next_value_t where it ended
+    and at the last row (so truncations bootstrap when next_values hold a critic's values, and not when 0)."""
+    returns = torch.empty_like(rewards)
+    running = next_values[-1]
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = rewards[t] + gamma * torch.where(dones[t], next_values[t], running)
+        returns[t] = running
+    return returns
+
+
+def round_cuts(rewards: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Research note 003's *round* discounting (Karpathy's Pong): a nonzero reward ends a round (a point), so the
+    discounted sum restarts there: G_t = r_t at a nonzero reward. Returns the (next_values, dones) that make
+    ``discounted_returns`` do that."""
+    scored = rewards != 0
+    return torch.where(scored, torch.zeros_like(next_values), next_values), dones | scored
+
+
+class RolloutStorage:
+    """Preallocated named arrays [capacity, N, ...] filled one vector step at a time, on the learner's device.
+
+    ``fields`` maps a name to (per-env shape, dtype). ``values``, ``dones`` and ``bootstrap`` (V(final obs) at a
+    truncation, else 0) are always present, so that ``next_values`` can be built; ``last_values`` is
+    V(s_T) after the last row, set by the agent when the rollout is complete.
+    """
+
+    def __init__(self, capacity: int, num_envs: int, fields: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                 device: torch.device) -> None:
+        specs = {"values": ((), torch.float32), "rewards": ((), torch.float32), "dones": ((), torch.bool),
+                 "bootstrap": ((), torch.float32), **fields}
+        self.capacity, self.num_envs = capacity, num_envs
+        self.data = {name: torch.zeros((capacity, num_envs, *shape), dtype=dtype, device=device)
+                     for name, (shape, dtype) in specs.items()}
+        self.last_values = torch.zeros(num_envs, device=device)
+        self.size = 0
+
+    @property
+    def full(self) -> bool:
+        return self.size == self.capacity
+
+    def add(self, **row: torch.Tensor) -> None:
+        if self.full:
+            raise RuntimeError("rollout storage is full; learn from it and clear it first")
+        for name, value in row.items():
+            self.data[name][self.size] = value
+        self.size += 1
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """The filled rows of a field, [size, N, ...]."""
+        return self.data[name][: self.size]
+
+    def next_values(self) -> torch.Tensor:
+        """[size, N]: V(s_{t+1}) from the next row inside an episode, the recorded bootstrap where one ended."""
+        values, dones = self["values"], self["dones"]
+        following = torch.cat((values[1:], self.last_values[None]), dim=0)
+        return torch.where(dones, self["bootstrap"], following)
+
+    def clear(self) -> None:
+        self.size = 0
+
+    def state_dict(self) -> dict:
+        return {"data": {k: v[: self.size].clone() for k, v in self.data.items()},
+                "last_values": self.last_values.clone(), "size": self.size}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size = int(state["size"])
+        for name, value in state["data"].items():
+            self.data[name][: self.size] = value.to(self.data[name].device)
+        self.last_values.copy_(state["last_values"])
+
+
+def flatten_time(tensor: torch.Tensor) -> torch.Tensor:
+    """[T, N, ...] -> [T * N, ...] (time-major, so index t * N + n)."""
+    return tensor.reshape(-1, *tensor.shape[2:])

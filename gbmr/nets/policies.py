@@ -1,0 +1,148 @@
+"""Policies for the policy-gradient family: action heads (categorical, diagonal Gaussian) and an actor-critic net.
+
+Sampling draws from the agent's own ``torch.Generator``, never from torch's global one, so that a run's actions
+are a function of its seed and checkpoints restore them exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gbmr.errors import GbmrError, unknown_choice
+from gbmr.nets.torsos import make_torso
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+class CategoricalHead(nn.Module):
+    """Logits over a Discrete action space."""
+
+    def __init__(self, features: int, action_space: gym.spaces.Discrete) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, int(action_space.n))
+        self.action_shape: tuple[int, ...] = ()
+        self.action_dtype = torch.long
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+    def sample(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+
+    def mode(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(dim=-1)
+
+    def log_prob(self, logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(logits, dim=-1).gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits, dim=-1)
+        return -(log_p.exp() * log_p).sum(dim=-1)
+
+    def to_env(self, actions: torch.Tensor) -> np.ndarray:
+        return actions.cpu().numpy()
+
+
+class GaussianHead(nn.Module):
+    """A diagonal Gaussian with a state-independent log std (PPO's continuous policy, Schulman et al. 2017).
+
+    The sample itself is stored and scored; the environment gets it clipped to the Box bounds."""
+
+    def __init__(self, features: int, action_space: gym.spaces.Box, log_std_init: float = 0.0) -> None:
+        super().__init__()
+        dim = int(np.prod(action_space.shape))
+        self.linear = nn.Linear(features, dim)
+        self.log_std = nn.Parameter(torch.full((dim,), float(log_std_init)))
+        self.action_shape = (dim,)
+        self.action_dtype = torch.float32
+        self.env_shape = action_space.shape
+        self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32).reshape(dim))
+        self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32).reshape(dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+    def sample(self, mean: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        return mean + self.log_std.exp() * noise
+
+    def mode(self, mean: torch.Tensor) -> torch.Tensor:
+        return mean
+
+    def log_prob(self, mean: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        z = (actions - mean) * torch.exp(-self.log_std)
+        return (-0.5 * z.square() - self.log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+
+    def entropy(self, mean: torch.Tensor) -> torch.Tensor:
+        per_dim = 0.5 + 0.5 * math.log(2 * math.pi) + self.log_std
+        return per_dim.sum().expand(mean.shape[:-1])
+
+    def to_env(self, actions: torch.Tensor) -> np.ndarray:
+        clipped = torch.maximum(torch.minimum(actions, self.high), self.low)
+        return clipped.cpu().numpy().reshape(len(actions), *self.env_shape)
+
+
+def make_action_head(features: int, action_space: gym.Space) -> CategoricalHead | GaussianHead:
+    if isinstance(action_space, gym.spaces.Discrete):
+        return CategoricalHead(features, action_space)
+    if isinstance(action_space, gym.spaces.Box):
+        return GaussianHead(features, action_space)
+    raise GbmrError(f"policy-gradient agents need a Discrete or Box action space, got {action_space}")
+
+
+def orthogonal_init(module: nn.Module, gain: float) -> None:
+    """Orthogonal weights and zero biases on every linear and conv layer (the PPO implementation details,
+    Huang et al. 2022: sqrt(2) in the torso, 0.01 for the policy head, 1 for the value head)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+            nn.init.orthogonal_(layer.weight, gain)
+            nn.init.zeros_(layer.bias)
+
+
+class ActorCritic(nn.Module):
+    """A torso (or one for the actor and one for the critic), an action head and a value head."""
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        model: str = "auto",
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        shared_torso: bool = False,
+        frame_difference: bool = False,
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise unknown_choice("activation", activation, ACTIVATIONS)
+
+        def torso() -> tuple[nn.Module, int]:
+            return make_torso(model, observation_space, hidden, activation=ACTIVATIONS[activation],
+                              frame_difference=frame_difference)
+
+        self.actor_torso, features = torso()
+        self.critic_torso = self.actor_torso if shared_torso else torso()[0]
+        self.shared_torso = shared_torso
+        self.head = make_action_head(features, action_space)
+        self.value_head = nn.Linear(features, 1)
+        orthogonal_init(self.actor_torso, math.sqrt(2))
+        if not shared_torso:
+            orthogonal_init(self.critic_torso, math.sqrt(2))
+        orthogonal_init(self.head, 0.01)
+        orthogonal_init(self.value_head, 1.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action-distribution parameters, V(obs))."""
+        actor_features = self.actor_torso(obs)
+        critic_features = actor_features if self.shared_torso else self.critic_torso(obs)
+        return self.head(actor_features), self.value_head(critic_features).squeeze(-1)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.value_head(self.critic_torso(obs)).squeeze(-1)

@@ -1,0 +1,137 @@
+"""The maths of the policy-gradient family against hand-computed values: GAE, reward-to-go, round discounting,
+PPO's clipped losses, the action heads, and the rollout storage."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from gbmr.agents.ppo import ppo_losses
+from gbmr.agents.reinforce import finished_mask
+from gbmr.memory.rollout import RolloutStorage, discounted_returns, gae, round_cuts
+from gbmr.nets.policies import CategoricalHead, GaussianHead
+
+
+def column(*values):
+    return torch.tensor(values, dtype=torch.float32)[:, None]  # [T, N=1]
+
+
+def storage_with(rewards, values, dones, bootstrap, last_value):
+    s = RolloutStorage(len(rewards), 1, {}, torch.device("cpu"))
+    for r, v, d, b in zip(rewards, values, dones, bootstrap, strict=True):
+        s.add(rewards=torch.tensor([r]), values=torch.tensor([v]), dones=torch.tensor([d]),
+              bootstrap=torch.tensor([b]))
+    s.last_values = torch.tensor([last_value])
+    return s
+
+
+def test_next_values_follow_the_episode_and_bootstrap_where_it_ended():
+    s = storage_with([1, 0, 2], [0.5, 1.0, 1.5], [False, True, False], [0.0, 3.0, 0.0], 2.0)
+    assert s.next_values()[:, 0].tolist() == [1.0, 3.0, 2.0]
+
+
+def test_gae_by_hand_termination():
+    """gamma 0.9, lambda 0.5; the episode terminates after step 1 (bootstrap 0), V(s_3) = 2.
+    deltas: 1 + 0.9 * 1 - 0.5 = 1.4, 0 + 0 - 1 = -1, 2 + 0.9 * 2 - 1.5 = 2.3;
+    A_2 = 2.3, A_1 = -1 (cut), A_0 = 1.4 + 0.45 * -1 = 0.95."""
+    s = storage_with([1, 0, 2], [0.5, 1.0, 1.5], [False, True, False], [0.0, 0.0, 0.0], 2.0)
+    adv, ret = gae(s["rewards"], s["values"], s.next_values(), s["dones"], 0.9, 0.5)
+    assert adv[:, 0].tolist() == pytest.approx([0.95, -1.0, 2.3])
+    assert ret[:, 0].tolist() == pytest.approx([1.45, 0.0, 3.8])
+
+
+def test_gae_by_hand_truncation_bootstraps_the_final_observation():
+    """Same, but step 1 was truncated with V(final obs) = 3: delta_1 = 0.9 * 3 - 1 = 1.7, A_0 = 1.4 + 0.45 * 1.7."""
+    s = storage_with([1, 0, 2], [0.5, 1.0, 1.5], [False, True, False], [0.0, 3.0, 0.0], 2.0)
+    adv, _ = gae(s["rewards"], s["values"], s.next_values(), s["dones"], 0.9, 0.5)
+    assert adv[:, 0].tolist() == pytest.approx([2.165, 1.7, 2.3])
+
+
+def test_gae_with_lambda_one_is_the_n_step_return_advantage():
+    rewards, values = column(1, 1, 1), column(0.0, 0.0, 0.0)
+    dones = torch.zeros(3, 1, dtype=torch.bool)
+    next_values = column(0.0, 0.0, 10.0)
+    _, ret = gae(rewards, values, next_values, dones, 0.5, 1.0)
+    assert ret[:, 0].tolist() == pytest.approx([1 + 0.5 + 0.25 + 0.125 * 10, 1 + 0.5 + 0.25 * 10, 1 + 0.5 * 10])
+
+
+def test_reward_to_go_by_hand():
+    """G_2 = 2 + 0.9 * 2 (bootstrap at the last row), G_1 = 0 (terminated), G_0 = 1 + 0.9 * G_1."""
+    g = discounted_returns(column(1, 0, 2), column(9, 0, 2), torch.tensor([[False], [True], [False]]), 0.9)
+    assert g[:, 0].tolist() == pytest.approx([1.0, 0.0, 3.8])
+
+
+def test_round_discounting_restarts_the_sum_at_each_point():
+    rewards = column(0, 1, 0, -1, 0)
+    dones = torch.zeros(5, 1, dtype=torch.bool)
+    zeros = torch.zeros(5, 1)
+    plain = discounted_returns(rewards, zeros, dones, 0.9)
+    assert plain[:, 0].tolist() == pytest.approx([0.171, 0.19, -0.9, -1.0, 0.0])
+    rounds = discounted_returns(rewards, *round_cuts(rewards, zeros, dones), 0.9)
+    assert rounds[:, 0].tolist() == pytest.approx([0.9, 1.0, -0.9, -1.0, 0.0])
+
+
+def test_ppo_losses_by_hand():
+    ratios = torch.tensor([2.0, 0.9, 0.5])
+    old = torch.log(torch.tensor([0.25, 0.5, 0.4]))
+    new = old + ratios.log()
+    adv = torch.tensor([1.0, -1.0, -1.0])
+    new_v, old_v, ret = torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.5, 2.0, 1.0]), torch.tensor([2.0, 1.0, 0.0])
+    policy, value, kl, clip_fraction = ppo_losses(new, old, adv, new_v, old_v, ret, 0.2, clip_vloss=True)
+    # max(-A r, -A clip(r)): max(-2, -1.2), max(0.9, 0.9), max(0.5, 0.8)
+    assert policy.item() == pytest.approx((-1.2 + 0.9 + 0.8) / 3)
+    # clipped values 0.7, 2.0, 0.8: errors max(1, 1.69), max(1, 1), max(0, 0.64)
+    assert value.item() == pytest.approx(0.5 * (1.69 + 1.0 + 0.64) / 3)
+    assert clip_fraction.item() == pytest.approx(2 / 3)
+    assert kl.item() == pytest.approx(np.mean([(r - 1) - math.log(r) for r in (2.0, 0.9, 0.5)]), rel=1e-5)
+    _, unclipped, _, _ = ppo_losses(new, old, adv, new_v, old_v, ret, 0.2, clip_vloss=False)
+    assert unclipped.item() == pytest.approx(0.5 * 2 / 3)
+
+
+def test_finished_mask_keeps_whole_episodes_only():
+    dones = torch.tensor([[False, False], [True, False], [False, False]])
+    assert finished_mask(dones).tolist() == [[True, False], [True, False], [False, False]]
+
+
+def test_categorical_head_matches_torch_distributions():
+    head = CategoricalHead(3, gym.spaces.Discrete(4))
+    logits = torch.randn(5, 4)
+    dist = torch.distributions.Categorical(logits=logits)
+    actions = torch.tensor([0, 1, 2, 3, 1])
+    assert torch.allclose(head.log_prob(logits, actions), dist.log_prob(actions))
+    assert torch.allclose(head.entropy(logits), dist.entropy())
+    samples = head.sample(logits[:1].expand(20000, 4), torch.Generator().manual_seed(0))
+    freq = np.bincount(samples.numpy(), minlength=4) / 20000
+    assert np.allclose(freq, dist.probs[0].numpy(), atol=0.02)
+
+
+def test_gaussian_head_matches_torch_distributions_and_clips_for_the_env():
+    space = gym.spaces.Box(-2.0, 2.0, shape=(2,), dtype=np.float32)
+    head = GaussianHead(3, space, log_std_init=-0.5)
+    mean = torch.randn(4, 2)
+    dist = torch.distributions.Normal(mean, torch.full((2,), math.exp(-0.5)))
+    actions = torch.randn(4, 2) * 3
+    assert torch.allclose(head.log_prob(mean, actions), dist.log_prob(actions).sum(-1), atol=1e-6)
+    assert torch.allclose(head.entropy(mean), dist.entropy().sum(-1))
+    env_actions = head.to_env(actions)
+    assert env_actions.shape == (4, 2) and np.abs(env_actions).max() <= 2.0
+    assert np.allclose(env_actions, np.clip(actions.numpy(), -2, 2))
+
+
+def test_rollout_storage_round_trip_keeps_the_filled_rows():
+    s = RolloutStorage(4, 2, {"obs": ((3,), torch.uint8)}, torch.device("cpu"))
+    for t in range(3):
+        s.add(obs=torch.full((2, 3), t, dtype=torch.uint8), values=torch.tensor([t, -t]), rewards=torch.ones(2),
+              dones=torch.tensor([False, t == 1]), bootstrap=torch.zeros(2))
+    restored = RolloutStorage(4, 2, {"obs": ((3,), torch.uint8)}, torch.device("cpu"))
+    restored.load_state_dict(s.state_dict())
+    assert restored.size == 3 and not restored.full
+    for name in ("obs", "values", "dones"):
+        assert torch.equal(restored[name], s[name])
+    restored.add(obs=torch.zeros(2, 3, dtype=torch.uint8), values=torch.zeros(2), rewards=torch.zeros(2),
+                 dones=torch.tensor([False, False]), bootstrap=torch.zeros(2))
+    assert restored.full
+    with pytest.raises(RuntimeError):
+        restored.add(values=torch.zeros(2))
