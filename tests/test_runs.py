@@ -1,16 +1,11 @@
 """Runs: the folder format, reproducibility, exact resume after SIGKILL, evaluation, and DQN learning."""
 
-import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 import yaml
+from run_helpers import kill_twice, read_rows
 
 from gbmr.cli import main
 
@@ -19,11 +14,6 @@ SMALL = ["--algo", "dqn", "--env", "CartPole-v1", "--seed", "3", "--total-steps"
          "--set", "eval_every=1000", "--set", "eval_episodes=2", "--set", "checkpoint_every=250",
          "--set", "batch_size=32", "--set", "hidden=[32]", "--set", "target_update_interval=200",
          "--set", "n_step=3", "--set", "prioritized=true"]
-
-
-def read_rows(path):
-    with open(path) as f:
-        return list(csv.reader(f))
 
 
 def train(run_dir, *extra):
@@ -71,18 +61,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, num_envs):
     reference = tmp_path / "reference"
     train(reference, "--num-envs", num_envs)
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "gbmr", "train", *SMALL, "--num-envs", num_envs, "--run-dir", str(run)]
-    for delay in (0.4, 0.7):  # kill twice, at different moments after a checkpoint exists
-        proc = subprocess.Popen(cmd if not (run / "config.yaml").exists() else
-                                [sys.executable, "-m", "gbmr", "train", "--resume", str(run), "--no-progress"])
-        deadline = time.time() + 60
-        while not (run / "checkpoints" / "latest.pt").exists() and time.time() < deadline:
-            time.sleep(0.05)
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    status = json.loads((run / "status.json").read_text())
-    assert status["status"] == "running" and status["step"] < 3000, "the run finished before it was killed"
+    kill_twice([*SMALL, "--num-envs", num_envs], run, 3000)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert read_rows(run / "metrics.csv") == read_rows(reference / "metrics.csv")
     assert read_rows(run / "eval.csv") == read_rows(reference / "eval.csv")
