@@ -47,6 +47,10 @@ class Agent(ABC):
     def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
         """Raise GbmrError naming what the algorithm needs when it cannot handle these spaces."""
 
+    def begin_evaluation_episode(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """A greedy evaluation episode starts: agents that remember within an episode (a Transformer policy's
+        cache) clear what they keep for evaluation, apart from the training environments' state."""
+
     @abstractmethod
     def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
         """Actions for a batch of observations; ``explore=False`` is the greedy evaluation policy."""

@@ -45,6 +45,7 @@ def evaluate(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_in
     returns = np.zeros(episodes)
     for k in range(episodes):
         obs, _ = env.reset(seed=derive_seed(base_seed, EVAL_STREAM, first_index + k))
+        agent.begin_evaluation_episode()
         done = False
         while not done:
             action = agent.act(obs[None], explore=False)[0]
