@@ -60,11 +60,14 @@ class PPOAgent(PolicyGradientAgent):
                     "lr")
 
     def __init__(self, config: PPOConfig, observation_space, action_space, num_envs, device, seed, total_steps):
-        batch = config.n_steps * num_envs
-        if config.n_steps < 1 or config.num_minibatches < 1 or batch < config.num_minibatches:
-            raise GbmrError(f"ppo needs n_steps >= 1 and n_steps x num_envs ({batch}) >= num_minibatches "
-                            f"({config.num_minibatches})")
+        if config.n_steps < 1 or config.num_minibatches < 1:
+            raise GbmrError(f"ppo needs n_steps >= 1 and num_minibatches >= 1, got {config.n_steps} and "
+                            f"{config.num_minibatches}")
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
+        units = self.training_units(config.n_steps)
+        if units < config.num_minibatches:
+            raise GbmrError(f"a rollout of {units} training units (n_steps x num_envs) cannot make "
+                            f"num_minibatches={config.num_minibatches} minibatches")
 
     def rollout_capacity(self) -> int:
         return self.config.n_steps
@@ -74,18 +77,16 @@ class PPOAgent(PolicyGradientAgent):
         with torch.no_grad():
             advantages, returns = gae(s["rewards"], s["values"], s.next_values(), s["dones"], cfg.gamma,
                                       cfg.gae_lambda)
-        obs, actions = flatten_time(s["obs"]), flatten_time(s["actions"])
         old_log_probs, old_values = flatten_time(s["log_probs"]), flatten_time(s["values"])
         advantages, returns = flatten_time(advantages), flatten_time(returns)
-        size = len(obs)
-        minibatch = size // cfg.num_minibatches
+        units = self.training_units(s.size)
+        minibatch = units // cfg.num_minibatches
         totals = torch.zeros(5, device=self.device)
         count = 0
         for _ in range(cfg.update_epochs):
-            order = torch.as_tensor(self.rng.permutation(size), device=self.device)
+            order = torch.as_tensor(self.rng.permutation(units), device=self.device)
             for start in range(0, minibatch * cfg.num_minibatches, minibatch):
-                idx = order[start:start + minibatch]
-                log_probs, entropy, values = self.evaluate_actions(obs[idx], actions[idx])
+                log_probs, entropy, values, idx = self.evaluate_units(order[start:start + minibatch])
                 adv = normalize(advantages[idx]) if cfg.norm_adv else advantages[idx]
                 policy_loss, value_loss, approx_kl, clip_fraction = ppo_losses(
                     log_probs, old_log_probs[idx], adv, values, old_values[idx], returns[idx], cfg.clip_coef,
@@ -101,3 +102,13 @@ class PPOAgent(PolicyGradientAgent):
         return {"policy_loss": means[0], "value_loss": means[1], "entropy": means[2], "approx_kl": means[3],
                 "clip_fraction": means[4], "explained_variance": explained_variance(old_values, returns),
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def training_units(self, rollout_steps: int) -> int:
+        """How many things minibatches are drawn from: single steps here; sequences for a policy with memory."""
+        return rollout_steps * self.num_envs
+
+    def evaluate_units(self, units: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log pi, entropy, V) of the minibatch's steps and their indices into the time-major flat rollout."""
+        obs, actions = flatten_time(self.storage["obs"]), flatten_time(self.storage["actions"])
+        return *self.evaluate_actions(obs[units], actions[units]), units
