@@ -67,10 +67,7 @@ class PolicyGradientAgent(Agent):
             self.optimizer = torch.optim.RMSprop(self.params, lr=config.lr, alpha=0.99, eps=config.adam_eps)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(derive_seed(seed, SAMPLING_STREAM))
-        fields = {"obs": (tuple(observation_space.shape), torch_dtype(observation_space.dtype)),
-                  "actions": (self.head.action_shape, self.head.action_dtype),
-                  "log_probs": ((), torch.float32)}
-        self.storage = RolloutStorage(self.rollout_capacity(), num_envs, fields, device)
+        self.storage = RolloutStorage(self.rollout_capacity(), num_envs, self.rollout_fields(), device)
         self.updates = 0
         self._pending: dict[str, torch.Tensor] | None = None  # what act() saw, for the observe() that follows
 
@@ -79,6 +76,12 @@ class PolicyGradientAgent(Agent):
         cfg = self.config
         return ActorCritic(self.observation_space, self.action_space, cfg.model, cfg.hidden, cfg.activation,
                            cfg.shared_torso, cfg.frame_difference)
+
+    def rollout_fields(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """What a rollout records per env step besides values, rewards and episode ends."""
+        return {"obs": (tuple(self.observation_space.shape), torch_dtype(self.observation_space.dtype)),
+                "actions": (self.head.action_shape, self.head.action_dtype),
+                "log_probs": ((), torch.float32)}
 
     @abstractmethod
     def rollout_capacity(self) -> int:
@@ -108,17 +111,21 @@ class PolicyGradientAgent(Agent):
         if self._pending is None:
             raise RuntimeError("observe() must follow an act(explore=True) on the same observations")
         pending, self._pending = self._pending, None
-        bootstrap = torch.zeros(self.num_envs, device=self.device)
         cut = truncated & ~terminated  # a time limit: the state had a future, so its value is bootstrapped
+        last_row = self.storage.size == self.storage.capacity - 1
+        next_values = self.state_value(next_obs) if cut.any() or last_row else None
+        bootstrap = torch.zeros(self.num_envs, device=self.device)
         if cut.any():
-            bootstrap[torch.as_tensor(cut, device=self.device)] = self.state_value(next_obs[cut])
+            cut_t = torch.as_tensor(cut, device=self.device)
+            bootstrap[cut_t] = next_values[cut_t]
         self.storage.add(**pending, rewards=torch.as_tensor(rewards, dtype=torch.float32, device=self.device),
                          dones=torch.as_tensor(terminated | truncated, device=self.device), bootstrap=bootstrap)
         self.steps += self.num_envs
-        if self.storage.full:
-            self.storage.last_values = self.state_value(next_obs)
+        if last_row:
+            self.storage.last_values = next_values
 
     def state_value(self, obs: np.ndarray) -> torch.Tensor:
+        """V of every env's next observation (a batch over all the envs)."""
         with torch.inference_mode():
             return self.net.value(torch.as_tensor(obs, device=self.device))
 
