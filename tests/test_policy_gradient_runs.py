@@ -73,6 +73,18 @@ def test_ppo_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert read_rows(run / "metrics.csv") == read_rows(reference / "metrics.csv")
     assert read_rows(run / "eval.csv") == read_rows(reference / "eval.csv")
+    assert read_rows(run / "learner.csv") == read_rows(reference / "learner.csv")
+
+
+def test_learner_metrics_have_rows_of_their_own(tmp_path):
+    """One learner.csv row per logging window with the mean over its updates: 2 envs x 64 steps a rollout,
+    so 7 or 8 updates per 1000 steps (46 in 6000), whatever the episodes did."""
+    run = tmp_path / "run"
+    train(*PPO_SMALL, "--set", "checkpoint_every=6000", "--run-dir", str(run))
+    rows = read_rows(run / "learner.csv")
+    assert rows[0][:3] == ["step", "updates", "policy_loss"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(1000, 6001, 1000))
+    assert sum(int(r[1]) for r in rows[1:]) == 6000 // 128
 
 
 @pytest.mark.parametrize("args, message", [

@@ -26,6 +26,7 @@ from gbmr.errors import GbmrError
 
 EVAL_COLUMNS = ("step", "mean_return", "std_return", "min_return", "max_return", "episodes")
 EPISODE_COLUMNS = ("step", "episode", "return", "length")
+LEARNER_COLUMNS = ("step", "updates")  # + the agent's metric names: means over the updates since the last row
 
 
 class RunDir:
@@ -34,6 +35,7 @@ class RunDir:
         self.config = self.path / "config.yaml"
         self.metrics = self.path / "metrics.csv"
         self.eval = self.path / "eval.csv"
+        self.learner = self.path / "learner.csv"
         self.status = self.path / "status.json"
         self.tensorboard = self.path / "tb"
         self.checkpoints = self.path / "checkpoints"

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from gbmr.agents.base import Agent
 from gbmr.config import RunConfig
-from gbmr.experiment.run_dir import EPISODE_COLUMNS, EVAL_COLUMNS, CsvLog, RunDir
+from gbmr.experiment.run_dir import EPISODE_COLUMNS, EVAL_COLUMNS, LEARNER_COLUMNS, CsvLog, RunDir
 from gbmr.experiment.seeding import derive_seed
 from gbmr.experiment.state import to_numpy, to_saveable
 
@@ -84,6 +84,9 @@ class SyncRunner:
         self.episode_length = np.zeros(n, dtype=np.int64)
         self.metric_sums: dict[str, float] = {}
         self.metric_counts: dict[str, int] = {}
+        self.learner_sums: dict[str, float] = {}  # learner metrics since the last learner.csv row
+        self.learner_counts: dict[str, int] = {}
+        self.learner_updates = 0
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.unlogged_rows: list[dict[str, float]] = []  # metrics.csv rows not yet summarised in TensorBoard
         self.obs: np.ndarray | None = None
@@ -99,6 +102,8 @@ class SyncRunner:
         columns = EPISODE_COLUMNS + tuple(self.agent.metric_names)
         metrics = CsvLog(self.run.metrics, columns, checkpoint["runner"]["metrics_rows"] if resuming else None)
         evals = CsvLog(self.run.eval, EVAL_COLUMNS, checkpoint["runner"]["eval_rows"] if resuming else None)
+        learner = CsvLog(self.run.learner, LEARNER_COLUMNS + tuple(self.agent.metric_names),
+                         checkpoint["runner"].get("learner_rows", 0) if resuming else None)
         # The checkpoint's own step was fully logged before it was saved (evaluation, TensorBoard points): keep it.
         writer = SummaryWriter(str(self.run.tensorboard), purge_step=self.step + 1 if resuming else None)
         bar = tqdm(total=cfg.total_steps, initial=self.step, unit="step", disable=not self.progress,
@@ -131,11 +136,13 @@ class SyncRunner:
                     next_eval = _next_multiple(self.step, cfg.eval_every)
                 if self.step >= next_checkpoint or self.step >= cfg.total_steps:
                     self._log_episodes(writer)  # so a resumed run logs the same windows
-                    self.run.save_checkpoint(self._state(metrics.rows, evals.rows))
+                    self._log_learner(learner, writer)
+                    self.run.save_checkpoint(self._state(metrics.rows, evals.rows, learner.rows))
                     self.run.write_status("running", self.step, cfg.total_steps)
                     next_checkpoint = _next_multiple(self.step, cfg.checkpoint_every)
                 if self.step >= next_log:
                     self._log_episodes(writer)
+                    self._log_learner(learner, writer)
                     now = time.perf_counter()
                     writer.add_scalar("time/steps_per_second", (self.step - clock_step) / (now - clock), self.step)
                     if self.recent_returns:
@@ -144,6 +151,7 @@ class SyncRunner:
                     clock, clock_step = now, self.step
                     next_log = _next_multiple(self.step, LOG_EVERY)
             self._log_episodes(writer)
+            self._log_learner(learner, writer)
             bar.update(self.step - bar.n)
             self.run.write_status("complete", self.step, cfg.total_steps)
         finally:
@@ -151,6 +159,7 @@ class SyncRunner:
             writer.close()
             metrics.close()
             evals.close()
+            learner.close()
 
     def _step_envs(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``envs.step`` without the infos (the runner reads none). A single environment is stepped directly,
@@ -189,6 +198,18 @@ class SyncRunner:
             writer.add_scalar(f"train/{TENSORBOARD_TAGS.get(key, key)}", sums[key] / counts[key], self.step)
         self.unlogged_rows = []
 
+    def _log_learner(self, learner: CsvLog, writer: SummaryWriter) -> None:
+        """A learner.csv row and TensorBoard ``learner/*`` points: the mean of each metric over the updates
+        since the last row, apart from the episodes (an on-policy update spans many of them, or none)."""
+        if not self.learner_updates:
+            return
+        row = {"step": self.step, "updates": self.learner_updates}
+        for key, total in self.learner_sums.items():
+            row[key] = total / self.learner_counts[key]
+            writer.add_scalar(f"learner/{key}", row[key], self.step)
+        learner.write(row)
+        self.learner_sums, self.learner_counts, self.learner_updates = {}, {}, 0
+
     def _evaluate(self, evals: CsvLog, writer: SummaryWriter) -> None:
         cfg = self.config
         returns = evaluate(self.agent, self.eval_env, cfg.eval_episodes, cfg.seed,
@@ -200,9 +221,12 @@ class SyncRunner:
         writer.add_scalar("eval/mean_return", row["mean_return"], self.step)
 
     def _accumulate(self, metrics: dict[str, float]) -> None:
+        if metrics:
+            self.learner_updates += 1
         for key, value in metrics.items():
-            self.metric_sums[key] = self.metric_sums.get(key, 0.0) + value
-            self.metric_counts[key] = self.metric_counts.get(key, 0) + 1
+            for sums, counts in ((self.metric_sums, self.metric_counts), (self.learner_sums, self.learner_counts)):
+                sums[key] = sums.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + 1
 
     def _reset(self, mask: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
         """Reset the masked environments with their next episode seeds; return the batch of observations.
@@ -234,7 +258,7 @@ class SyncRunner:
         return obs
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self, metrics_rows: int, eval_rows: int) -> dict[str, Any]:
+    def _state(self, metrics_rows: int, eval_rows: int, learner_rows: int) -> dict[str, Any]:
         runner = {
             "step": self.step,
             "episodes": self.episodes,
@@ -251,6 +275,7 @@ class SyncRunner:
             "recent_returns": list(self.recent_returns),
             "metrics_rows": metrics_rows,
             "eval_rows": eval_rows,
+            "learner_rows": learner_rows,
         }
         return {"runner": to_saveable(runner), "agent": to_saveable(self.agent.state_dict()),
                 "torch_rng": torch.get_rng_state()}
