@@ -22,6 +22,7 @@ ALGORITHMS: dict[str, str] = {
     "actor-critic": "gbmr.agents.actor_critic:ActorCriticAgent",
     "a2c": "gbmr.agents.a2c:A2CAgent",
     "ppo": "gbmr.agents.ppo:PPOAgent",
+    "ppo-transformer": "gbmr.agents.ppo_transformer:PPOTransformerAgent",
 }
 
 

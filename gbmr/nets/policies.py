@@ -146,3 +146,52 @@ class ActorCritic(nn.Module):
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value_head(self.critic_torso(obs)).squeeze(-1)
+
+
+class TransformerActorCritic(nn.Module):
+    """A per-observation encoder (any torso), a causal Transformer over the episode's last ``lookback``
+    encodings, and the action and value heads on its output. Acting goes one step at a time through the
+    Transformer's KV cache; training runs whole windows of consecutive steps."""
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        model: str = "mlp",
+        hidden: Sequence[int] = (64,),
+        activation: str = "tanh",
+        frame_difference: bool = False,
+        lookback: int = 32,
+        d_model: int = 64,
+        num_heads: int = 4,
+        num_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        from gbmr.nets.transformer import TransformerTorso
+
+        if activation not in ACTIVATIONS:
+            raise unknown_choice("activation", activation, ACTIVATIONS)
+        if lookback < 1:
+            raise GbmrError(f"lookback must be at least 1 (observations the policy attends to), got {lookback}")
+        self.obs_shape = tuple(observation_space.shape)
+        self.encoder, features = make_torso(model, observation_space, hidden, activation=ACTIVATIONS[activation],
+                                            frame_difference=frame_difference)
+        self.transformer = TransformerTorso(features, d_model, num_heads, num_layers, lookback)
+        self.head = make_action_head(d_model, action_space)
+        self.value_head = nn.Linear(d_model, 1)
+        orthogonal_init(self.encoder, math.sqrt(2))
+        orthogonal_init(self.head, 0.01)
+        orthogonal_init(self.value_head, 1.0)
+
+    def step(self, obs: torch.Tensor, starts: torch.Tensor, cache: dict[str, torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One observation per env: (distribution parameters, V, the updated cache)."""
+        features, cache = self.transformer.step(self.encoder(obs), starts, cache)
+        return self.head(features), self.value_head(features).squeeze(-1), cache
+
+    def sequence(self, obs: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs [B, S, ...], starts [B, S]: parameters [B, S, ...] and values [B, S] at every position."""
+        batch, length = starts.shape
+        encoded = self.encoder(obs.reshape(batch * length, *self.obs_shape)).reshape(batch, length, -1)
+        features = self.transformer.forward_sequence(encoded, starts)
+        return self.head(features), self.value_head(features).squeeze(-1)
