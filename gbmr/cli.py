@@ -149,7 +149,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise GbmrError(f"environment '{config.env}' cannot render frames, so --video is not available")
         env = RecordVideo(env, str(Path(args.run_dir) / "videos"), episode_trigger=lambda _: True,
                           disable_logger=True)
-    returns = evaluate(agent, env, args.episodes, args.seed)
+    returns = evaluate(agent, env, args.episodes, args.seed, max_steps=config.eval_max_steps)
     env.close()
     print(f"{config.algo} on {config.env}: {args.episodes} episodes")
     print(f"mean {returns.mean():.2f}  std {returns.std():.2f}  min {returns.min():.2f}  max {returns.max():.2f}")

@@ -35,6 +35,8 @@ class RunConfig:
     torch_threads: int = 1  # CPU threads for torch: 1 is fastest for small nets and when runs share a machine
     eval_every: int = 10_000  # env steps between greedy evaluations (0 = only at the end)
     eval_episodes: int = 10  # 0 = no evaluation
+    eval_max_steps: int = 27_000  # an evaluation episode ends here (a greedy policy may never end one: MinAtar
+    # has no time limit); 27k agent steps = the 108k frames of the Atari protocol
     checkpoint_every: int = 10_000  # env steps between checkpoints (a final one is always written)
     preset: str = "default"
     env_options: dict[str, Any] = field(default_factory=dict)

@@ -52,3 +52,31 @@ def test_tensorboard_points_are_means_of_the_episodes_since_the_last_point(tmp_p
     losses = {e.step: e.value for e in events.Scalars("train/loss")}
     window = [r["loss"] for r in rows if 1400 < r["step"] <= 2000 and "loss" in r]
     assert losses[2000] == pytest.approx(np.mean(window))
+
+
+def test_evaluation_episodes_end_at_max_steps():
+    """A greedy policy can stall forever where an environment has no time limit (PPO on MinAtar Seaquest did):
+    evaluation cuts each episode at max_steps."""
+    import gymnasium as gym
+    import numpy as np
+
+    from gbmr.runners.sync import evaluate
+
+    class Endless(gym.Env):
+        observation_space = gym.spaces.Box(0, 1, (1,), np.float32)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, seed=None, options=None):
+            return np.zeros(1, np.float32), {}
+
+        def step(self, action):
+            return np.zeros(1, np.float32), 1.0, False, False, {}
+
+    class Still:
+        def begin_evaluation_episode(self):
+            pass
+
+        def act(self, obs, explore=True):
+            return np.zeros(len(obs), dtype=np.int64)
+
+    assert evaluate(Still(), Endless(), episodes=2, base_seed=1, max_steps=7).tolist() == [7.0, 7.0]

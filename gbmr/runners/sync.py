@@ -40,18 +40,21 @@ def env_state(env: gym.Env) -> dict | None:
     return getter() if callable(getter) else None
 
 
-def evaluate(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_index: int = 0) -> np.ndarray:
-    """Returns of ``episodes`` greedy episodes, each reset with its own deterministic seed."""
+def evaluate(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_index: int = 0,
+             max_steps: int = 27_000) -> np.ndarray:
+    """Returns of ``episodes`` greedy episodes, each reset with its own deterministic seed and cut at
+    ``max_steps`` (a greedy policy can stall forever where the environment has no time limit)."""
     returns = np.zeros(episodes)
     for k in range(episodes):
         obs, _ = env.reset(seed=derive_seed(base_seed, EVAL_STREAM, first_index + k))
         agent.begin_evaluation_episode()
-        done = False
+        done, steps = False, 0
         while not done:
             action = agent.act(obs[None], explore=False)[0]
             obs, reward, terminated, truncated, _ = env.step(action)
             returns[k] += float(reward)
-            done = terminated or truncated
+            steps += 1
+            done = terminated or truncated or steps >= max_steps
     return returns
 
 
@@ -213,7 +216,7 @@ class SyncRunner:
     def _evaluate(self, evals: CsvLog, writer: SummaryWriter) -> None:
         cfg = self.config
         returns = evaluate(self.agent, self.eval_env, cfg.eval_episodes, cfg.seed,
-                           first_index=self.evaluations * cfg.eval_episodes)
+                           first_index=self.evaluations * cfg.eval_episodes, max_steps=cfg.eval_max_steps)
         self.evaluations += 1
         row = {"step": self.step, "mean_return": float(returns.mean()), "std_return": float(returns.std()),
                "min_return": float(returns.min()), "max_return": float(returns.max()), "episodes": len(returns)}
