@@ -52,8 +52,8 @@ import torch
 from gbmr.agents.dqn import DQNConfig
 from gbmr.agents.gbmr import GBMRAgent, GBMRConfig
 from gbmr.config import RunConfig, build_config
+from gbmr.core.run_dir import RunDir
 from gbmr.envs import env_family, make_env
-from gbmr.experiment.run_dir import RunDir
 from gbmr.experiment.train import build_agent, start_run
 from gbmr.memory.episodes import Episode, n_step_returns
 from gbmr.memory.graph import MemoryGraph

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 
 if TYPE_CHECKING:
     from gbmr.config import RunConfig

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from gbmr.errors import GbmrError, unknown_choice
+from gbmr.core.errors import GbmrError, unknown_choice
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 

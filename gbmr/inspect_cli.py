@@ -31,9 +31,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     from gbmr.agents import ALGORITHMS, agent_class  # torch & co. only when used
     from gbmr.analysis.inspect_graph import GridLayout, draw_memory_graph
     from gbmr.analysis.memory_reads import greedy_read_stats
+    from gbmr.core.errors import GbmrError
+    from gbmr.core.run_dir import RunDir
     from gbmr.envs import make_env
-    from gbmr.errors import GbmrError
-    from gbmr.experiment.run_dir import RunDir
     from gbmr.experiment.train import load_trained_agent
 
     run = RunDir.existing(args.run_dir)

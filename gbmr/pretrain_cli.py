@@ -61,7 +61,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     import torch  # heavy imports only when the command runs
 
     from gbmr.config import parse_overrides
-    from gbmr.errors import GbmrError
+    from gbmr.core.errors import GbmrError
     from gbmr.experiment.pretraining import Pretraining, pretrain
 
     if args.torch_threads < 1:

@@ -23,7 +23,7 @@ from gbmr.analysis.stats import (
     probability_of_improvement,
 )
 from gbmr.analysis.synthetic import write_run
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 
 REPS = 300  # bootstrap resamples in end-to-end tests: enough for a CI, fast
 

@@ -4,7 +4,7 @@ import pytest
 
 from gbmr.agents.dqn import DQNConfig
 from gbmr.config import build_config, coerce, parse_overrides
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 
 
 def test_layers_override_in_order(tmp_path):

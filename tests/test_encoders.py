@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 from gbmr.nets.encoders import make_encoder
 
 VECTOR = gym.spaces.Box(-1.0, 1.0, shape=(2, 3), dtype=np.float32)

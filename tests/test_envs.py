@@ -11,9 +11,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from gbmr.core.errors import GbmrError
 from gbmr.envs import env_family, env_options, list_env_ids, make_env, make_vector_env
 from gbmr.envs.paper_maze import hell_layout
-from gbmr.errors import GbmrError
 
 # one id per family (two for the mazes), with the documented observation shape and dtype
 SHAPES = {

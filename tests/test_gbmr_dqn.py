@@ -11,7 +11,7 @@ import torch
 from gbmr.agents.dqn import DQNAgent, DQNConfig
 from gbmr.agents.gbmr_dqn import GBMRDQNAgent, GBMRDQNConfig
 from gbmr.cli import main
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 
 CARTPOLE = "CartPole-v1"
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from gbmr.cli import main
+from gbmr.core.errors import GbmrError
 from gbmr.envs import env_family, env_options, make_env, make_vector_env
 from gbmr.envs.memory import CHANCE_RETURN, LOOKBACK, MEMORYLESS_RETURN, ORACLE_RETURN, REPEAT_PREVIOUS
-from gbmr.errors import GbmrError
 
 # registers GbmrTiny-v0 on import: a counter mod `size` shown as a Discrete, or as a MultiDiscrete with `pair`
 TINY_MODULE = '''

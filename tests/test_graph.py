@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 from gbmr.memory import graph as graph_module
 from gbmr.memory import radius as radius_module
 from gbmr.memory.graph import _PROBE_EVERY, MemoryGraph

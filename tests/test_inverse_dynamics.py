@@ -9,7 +9,7 @@ import torch
 
 from gbmr.agents.gq import GQAgent, GQConfig
 from gbmr.cli import main
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 from gbmr.experiment.pretraining import EZ_MAX_HOLD, Pretraining, Transitions, collect, ez_holds, train_inverse
 from gbmr.nets.encoders import make_encoder
 from gbmr.nets.inverse_dynamics import InverseDynamics

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 from gbmr.memory.knn import ExactIndex, ExactIndexStack, HNSWIndex, KeyIndex, make_index
 
 BACKENDS = ["exact", "hnsw"]

@@ -9,7 +9,7 @@ from run_helpers import kill_twice, read_rows
 from gbmr.agents import agent_class
 from gbmr.cli import main
 from gbmr.config import build_config
-from gbmr.experiment.run_dir import RunDir
+from gbmr.core.run_dir import RunDir
 from gbmr.experiment.train import _runner
 
 PPO_SMALL = ["--algo", "ppo", "--env", "CartPole-v1", "--seed", "2", "--total-steps", "6000", "--num-envs", "2",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 from gbmr.memory.replay import Batch, PrioritizedReplayBuffer, ReplayBuffer, SumTree
 
 

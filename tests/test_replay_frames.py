@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gbmr.agents.dqn import DQNAgent, DQNConfig
+from gbmr.core.errors import GbmrError
 from gbmr.envs import make_env
-from gbmr.errors import GbmrError
 from gbmr.memory.replay import Batch, FrameStore, PrioritizedReplayBuffer, ReplayBuffer
 
 STACK, FRAME = 4, (6, 6)

@@ -11,8 +11,8 @@ import yaml
 
 from gbmr.agents import agent_class
 from gbmr.cli import main
-from gbmr.errors import GbmrError
-from gbmr.experiment.run_dir import RunDir
+from gbmr.core.errors import GbmrError
+from gbmr.core.run_dir import RunDir
 from gbmr.experiment.sweep import SWEEPS_DIR, folder_name, load_sweep
 
 TINY = yaml.safe_load((SWEEPS_DIR / "tiny.yaml").read_text())  # DQN, CartPole, lr 1e-3 / 3e-3, seeds 1, 2, 300 steps

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 from gbmr.nets.torsos import Concat, Scale, make_torso
 
 ATARI = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 from gbmr.nets.transformer import TransformerTorso, layer_windows, rotate, rotation
 
 IN, LOOKBACK, STEPS = 5, 7, 150  # 150 steps: 3 attention blocks of 64, the last one partly padding

@@ -11,7 +11,7 @@ from gbmr.agents.gq import GQAgent, GQConfig
 from gbmr.agents.mfec import MFECAgent, MFECConfig
 from gbmr.agents.nec import NECAgent, NECConfig
 from gbmr.cli import main
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 from gbmr.experiment.pretraining import Pretraining, train_vae
 from gbmr.nets.encoders import make_encoder
 from gbmr.nets.pretrained import load_pretrained, save_pretrained

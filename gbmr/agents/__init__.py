@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from gbmr.agents.base import Agent
-from gbmr.errors import unknown_choice
+from gbmr.core.errors import unknown_choice
 
 # algo name -> "module:class"
 ALGORITHMS: dict[str, str] = {

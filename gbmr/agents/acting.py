@@ -7,7 +7,7 @@ from collections.abc import Callable
 import gymnasium as gym
 import numpy as np
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 
 
 def linear_schedule(start: float, end: float, duration: float, t: float) -> float:

@@ -17,9 +17,9 @@ from torch.nn import functional as F
 from gbmr.agents.acting import linear_schedule, require_discrete
 from gbmr.agents.base import Agent
 from gbmr.agents.optim import clip_grad_norm, make_adam
-from gbmr.errors import unknown_choice
-from gbmr.experiment.seeding import derive_seed
-from gbmr.experiment.state import rng_state, set_rng_state
+from gbmr.core.errors import unknown_choice
+from gbmr.core.seeding import derive_seed
+from gbmr.core.state import rng_state, set_rng_state
 from gbmr.memory.replay import Batch, PrioritizedReplayBuffer, ReplayBuffer
 from gbmr.nets.q_networks import QNetwork
 

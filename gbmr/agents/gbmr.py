@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from gbmr.agents.gq import GQAgent, GQConfig
-from gbmr.errors import GbmrError, unknown_choice
-from gbmr.experiment.state import to_numpy, to_saveable
+from gbmr.core.errors import GbmrError, unknown_choice
+from gbmr.core.state import to_numpy, to_saveable
 from gbmr.memory.episodes import Episode
 from gbmr.memory.graph import PATH_SCORES
 

@@ -41,8 +41,8 @@ import torch
 from gbmr.agents.dqn import DQNAgent, DQNConfig
 from gbmr.agents.gbmr import GBMRSweepAgent, GBMRSweepConfig
 from gbmr.config import make_agent_config
-from gbmr.errors import GbmrError, unknown_choice
-from gbmr.experiment.seeding import derive_seed
+from gbmr.core.errors import GbmrError, unknown_choice
+from gbmr.core.seeding import derive_seed
 from gbmr.memory.episodes import Episode
 from gbmr.memory.replay import Batch
 

@@ -38,9 +38,9 @@ import torch
 from gbmr.agents.acting import argmax_random_ties, linear_schedule, require_discrete
 from gbmr.agents.base import Agent
 from gbmr.agents.return_learning import ReturnLearner
-from gbmr.errors import GbmrError
-from gbmr.experiment.seeding import derive_seed
-from gbmr.experiment.state import rng_state, set_rng_state, to_numpy, to_saveable
+from gbmr.core.errors import GbmrError
+from gbmr.core.seeding import derive_seed
+from gbmr.core.state import rng_state, set_rng_state, to_numpy, to_saveable
 from gbmr.memory.episodes import Episode, EpisodeCollector, n_step_returns
 from gbmr.memory.graph import MISSING, MemoryGraph
 from gbmr.memory.kernel import kernel_lookup

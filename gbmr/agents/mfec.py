@@ -23,8 +23,8 @@ import torch
 
 from gbmr.agents.acting import argmax_random_ties, epsilon_greedy, linear_schedule, require_discrete
 from gbmr.agents.base import Agent
-from gbmr.experiment.seeding import derive_seed
-from gbmr.experiment.state import rng_state, set_rng_state
+from gbmr.core.seeding import derive_seed
+from gbmr.core.state import rng_state, set_rng_state
 from gbmr.memory.dnd import EpisodicTable
 from gbmr.memory.episodes import EpisodeCollector, n_step_returns
 from gbmr.nets.encoders import make_encoder

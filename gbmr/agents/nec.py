@@ -31,9 +31,9 @@ from gbmr.agents.acting import argmax_random_ties, epsilon_greedy, linear_schedu
 from gbmr.agents.base import Agent
 from gbmr.agents.mfec import ENCODER_STREAM, untouched
 from gbmr.agents.return_learning import ReturnLearner
-from gbmr.errors import GbmrError
-from gbmr.experiment.seeding import derive_seed
-from gbmr.experiment.state import rng_state, set_rng_state, to_numpy, to_saveable
+from gbmr.core.errors import GbmrError
+from gbmr.core.seeding import derive_seed
+from gbmr.core.state import rng_state, set_rng_state, to_numpy, to_saveable
 from gbmr.memory.dnd import ActionDNDs, DNDRead
 from gbmr.memory.episodes import n_step_returns
 from gbmr.nets.encoders import make_encoder

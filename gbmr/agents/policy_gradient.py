@@ -13,9 +13,9 @@ import torch
 
 from gbmr.agents.base import Agent
 from gbmr.agents.optim import clip_grad_norm, make_adam
-from gbmr.errors import GbmrError, unknown_choice
-from gbmr.experiment.seeding import derive_seed
-from gbmr.experiment.state import rng_state, set_rng_state
+from gbmr.core.errors import GbmrError, unknown_choice
+from gbmr.core.seeding import derive_seed
+from gbmr.core.state import rng_state, set_rng_state
 from gbmr.memory.rollout import RolloutStorage
 from gbmr.nets.policies import ActorCritic
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from gbmr.agents.policy_gradient import PolicyGradientAgent, PolicyGradientConfig, explained_variance, normalize
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 from gbmr.memory.rollout import flatten_time, gae
 
 

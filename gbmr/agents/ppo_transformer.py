@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from gbmr.agents.ppo import PPOAgent, PPOConfig
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 from gbmr.nets.policies import TransformerActorCritic
 
 

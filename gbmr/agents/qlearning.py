@@ -15,9 +15,9 @@ import numpy as np
 
 from gbmr.agents.acting import argmax_random_ties
 from gbmr.agents.base import Agent
-from gbmr.errors import GbmrError
-from gbmr.experiment.seeding import derive_seed
-from gbmr.experiment.state import rng_state, set_rng_state, to_numpy, to_saveable
+from gbmr.core.errors import GbmrError
+from gbmr.core.seeding import derive_seed
+from gbmr.core.state import rng_state, set_rng_state, to_numpy, to_saveable
 
 EVAL_STREAM = 7  # greedy evaluation breaks ties with its own generator: evaluating never shifts training
 MAX_STATES = 10_000_000

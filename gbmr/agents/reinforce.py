@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from gbmr.agents.policy_gradient import PolicyGradientAgent, PolicyGradientConfig, normalize
-from gbmr.errors import GbmrError, unknown_choice
+from gbmr.core.errors import GbmrError, unknown_choice
 from gbmr.memory.rollout import discounted_returns, round_cuts
 
 LOSS_PER = ("step", "episode", "round")

@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from gbmr.experiment.state import to_numpy, to_saveable
+from gbmr.core.state import to_numpy, to_saveable
 
 
 class ReturnReplay:

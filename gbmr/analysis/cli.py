@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 
 # What a run is scored by (gbmr.analysis.runs.score_at_budget); kept here so parsing imports no pandas.
 METRICS = ("eval", "eval-mean", "train")

@@ -25,7 +25,7 @@ from gbmr.analysis.stats import (
     normaliser,
     performance_profiles,
 )
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 
 CURVE_POINTS = 200
 RUNNING, SHORT = "†", "‡"

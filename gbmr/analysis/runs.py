@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 
 # Config keys that say where/how a run was recorded, not what was learned: never a "variant".
 BOOKKEEPING_KEYS = frozenset(

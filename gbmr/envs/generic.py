@@ -27,8 +27,8 @@ import numpy as np
 from gymnasium.envs.registration import EnvSpec, load_env_creator
 from gymnasium.spaces import Box, Dict, Discrete, MultiDiscrete
 
+from gbmr.core.errors import GbmrError
 from gbmr.envs.registry import ChannelFirst
-from gbmr.errors import GbmrError
 
 # imported before ids are looked up, so that their environments need no ``module:`` prefix
 REGISTERING_PACKAGES = ("ale_py", "minigrid", "popgym")

@@ -25,9 +25,9 @@ from minigrid.core.world_object import Goal, Wall
 from minigrid.minigrid_env import MiniGridEnv
 from minigrid.wrappers import FullyObsWrapper, ImgObsWrapper
 
+from gbmr.core.errors import GbmrError
 from gbmr.envs import paper_maze
 from gbmr.envs.registry import ChannelFirst, LayoutSchedule, register_once
-from gbmr.errors import GbmrError
 
 FIXED_SIZES = (7, 11, 15)
 DYNAMIC_SIZE = 11

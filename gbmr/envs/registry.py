@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.spaces import Box
 
-from gbmr.errors import GbmrError, unknown_choice
+from gbmr.core.errors import GbmrError, unknown_choice
 
 FAMILIES = ("classic", "minatar", "atari", "maze", "memory")  # fixed lists of ids, tried in this order
 GENERIC = "gym"  # the family of module ``generic``, tried last: whatever Gymnasium has registered

@@ -28,9 +28,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from gbmr.core.errors import GbmrError, unknown_choice
+from gbmr.core.seeding import derive_seed
 from gbmr.envs import make_env
-from gbmr.errors import GbmrError, unknown_choice
-from gbmr.experiment.seeding import derive_seed
 from gbmr.memory.episodes import n_step_returns
 from gbmr.nets.inverse_dynamics import InverseDynamics
 from gbmr.nets.pretrained import KINDS, save_pretrained

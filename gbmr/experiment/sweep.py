@@ -57,9 +57,9 @@ import yaml
 
 from gbmr.agents import agent_class
 from gbmr.config import PRESETS_DIR, RUN_KEYS, RunConfig, build_config, load_yaml
+from gbmr.core.errors import GbmrError, unknown_choice
+from gbmr.core.run_dir import RunDir
 from gbmr.envs import env_family, make_env
-from gbmr.errors import GbmrError, unknown_choice
-from gbmr.experiment.run_dir import RunDir
 from gbmr.experiment.train import resume_run, start_run
 
 SWEEPS_DIR = PRESETS_DIR / "sweeps"

@@ -10,10 +10,10 @@ import torch
 from gbmr.agents import agent_class
 from gbmr.agents.base import Agent
 from gbmr.config import RunConfig, config_from_dict, save_config
+from gbmr.core.errors import GbmrError, unknown_choice
+from gbmr.core.run_dir import RunDir
+from gbmr.core.seeding import seed_everything
 from gbmr.envs import make_env, make_vector_env
-from gbmr.errors import GbmrError, unknown_choice
-from gbmr.experiment.run_dir import RunDir
-from gbmr.experiment.seeding import seed_everything
 from gbmr.runners.sync import SyncRunner
 
 

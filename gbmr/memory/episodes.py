@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gbmr.experiment.state import to_numpy, to_saveable
+from gbmr.core.state import to_numpy, to_saveable
 
 
 def n_step_returns(rewards: np.ndarray, next_values: np.ndarray, n: int, gamma: float,

@@ -74,8 +74,8 @@ from scipy import sparse
 from scipy.cluster.vq import kmeans2, vq
 from scipy.sparse import csgraph
 
-from gbmr.errors import unknown_choice
-from gbmr.experiment.state import to_numpy, to_saveable
+from gbmr.core.errors import unknown_choice
+from gbmr.core.state import to_numpy, to_saveable
 from gbmr.memory import graph_kernels as kernels
 from gbmr.memory.knn import HNSWIndex, make_index
 from gbmr.memory.radius import RadiusGrid

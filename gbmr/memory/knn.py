@@ -22,7 +22,7 @@ import hnswlib
 import numpy as np
 import torch
 
-from gbmr.errors import unknown_choice
+from gbmr.core.errors import unknown_choice
 
 INDEX_KINDS = ("exact", "hnsw", "auto")
 AUTO_HNSW_CAPACITY = 100_000  # "auto" switches to HNSW here: brute force costs ~3 ms per query at 1e5 keys

@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from gbmr.errors import GbmrError
-from gbmr.experiment.state import rng_state, set_rng_state, to_numpy, to_saveable
+from gbmr.core.errors import GbmrError
+from gbmr.core.state import rng_state, set_rng_state, to_numpy, to_saveable
 
 
 class Batch(NamedTuple):

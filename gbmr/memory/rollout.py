@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 
@@ -19,14 +20,18 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
     """Generalised advantage estimation (Schulman et al. 2016): advantages and the value targets A + V.
 
     delta_t = r_t + gamma * next_value_t - V(s_t); A_t = delta_t + gamma * lam * A_{t+1}, the sum cut where an
-    episode ended (its bootstrap is already in next_value_t)."""
+    episode ended (its bootstrap is already in next_value_t). The advantages carry no gradient."""
     deltas = rewards + gamma * next_values - values
     carry = gamma * lam * (~dones).to(rewards.dtype)
-    advantages = torch.empty_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    for t in range(rewards.shape[0] - 1, -1, -1):  # a loop over time only: vectorised over the envs
-        running = deltas[t] + carry[t] * running
-        advantages[t] = running
+    # A loop over time only, vectorised over the envs, in numpy: the same float32 multiply and add (so the same
+    # bits) at ~1 us a step instead of torch's ~4.5 us (0.6 ms a 128-step rollout; PPO benchmark, 1 thread).
+    deltas_np, carry_np = deltas.detach().cpu().numpy(), carry.cpu().numpy()
+    advantages_np = np.empty_like(deltas_np)
+    running = np.zeros_like(deltas_np[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = deltas_np[t] + carry_np[t] * running
+        advantages_np[t] = running
+    advantages = torch.from_numpy(advantages_np).to(rewards.device)
     return advantages, advantages + values
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gbmr.errors import GbmrError, unknown_choice
+from gbmr.core.errors import GbmrError, unknown_choice
 from gbmr.nets.pretrained import COMMANDS, load_pretrained
 from gbmr.nets.pretrained import KINDS as PRETRAINED
 from gbmr.nets.torsos import input_scale, make_torso

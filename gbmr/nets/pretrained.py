@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from gbmr.errors import GbmrError
-from gbmr.experiment.run_dir import atomic_torch_save
+from gbmr.core.errors import GbmrError
+from gbmr.core.run_dir import atomic_torch_save
 from gbmr.nets.inverse_dynamics import InverseDynamics
 from gbmr.nets.torsos import input_scale
 from gbmr.nets.vae import VAE

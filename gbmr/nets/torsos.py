@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gbmr.errors import GbmrError, unknown_choice
+from gbmr.core.errors import GbmrError, unknown_choice
 
 TORSOS = ("auto", "mlp", "nature_cnn", "minatar_cnn", "cnn", "cnn3d", "cnn3d2d")
 

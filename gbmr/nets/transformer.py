@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 
 ATTENTION_BLOCK = 64  # queries per attention block in forward_sequence (32-128 were within 20% of each other)
 

@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from gbmr.agents.base import Agent
 from gbmr.config import RunConfig
-from gbmr.experiment.run_dir import EPISODE_COLUMNS, EVAL_COLUMNS, LEARNER_COLUMNS, CsvLog, RunDir
-from gbmr.experiment.seeding import derive_seed
-from gbmr.experiment.state import to_numpy, to_saveable
+from gbmr.core.run_dir import EPISODE_COLUMNS, EVAL_COLUMNS, LEARNER_COLUMNS, CsvLog, RunDir
+from gbmr.core.seeding import derive_seed
+from gbmr.core.state import to_numpy, to_saveable
 
 TRAIN_STREAM = 0  # seed streams: training episodes of env i use stream i, evaluation its own range
 EVAL_STREAM = 1_000_000

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import yaml
 
-from gbmr.errors import GbmrError
+from gbmr.core.errors import GbmrError
 
 EVAL_COLUMNS = ("step", "mean_return", "std_return", "min_return", "max_return", "episodes")
 EPISODE_COLUMNS = ("step", "episode", "return", "length")
