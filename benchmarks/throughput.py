@@ -14,15 +14,14 @@ Prints env-steps/s for both and the ratio.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
+from functools import partial
 
 import gymnasium as gym
 import torch
+from throughput_common import as_overrides, compare, print_row, print_table_header, time_gbmr, warm_up
 
-from gbmr.config import build_config
-from gbmr.envs import env_family, make_env
-from gbmr.experiment.train import start_run
+from gbmr.envs import make_env
 
 SB3_DQN_DEFAULTS = dict(
     lr=1e-4, buffer_size=1_000_000, learning_starts=100, batch_size=32, tau=1.0, gamma=0.99, train_freq=4,
@@ -32,16 +31,10 @@ SB3_DQN_DEFAULTS = dict(
 )
 
 
-def time_gbmr(env_id: str, steps: int) -> float:
+def time_ours(env_id: str, steps: int) -> float:
     from gbmr.agents.dqn import DQNConfig
 
-    overrides = [f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in SB3_DQN_DEFAULTS.items()]
-    config = build_config("dqn", env_id, DQNConfig, env_family(env_id), overrides=overrides, seed=0,
-                          total_steps=steps, eval_every=0, eval_episodes=0, checkpoint_every=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        start_run(config, f"{tmp}/run", progress=False)
-        return steps / (time.perf_counter() - start)
+    return time_gbmr("dqn", DQNConfig, env_id, steps, as_overrides(SB3_DQN_DEFAULTS))
 
 
 def time_sb3(env_id: str, steps: int) -> float:
@@ -70,16 +63,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"DQN, {args.steps} env steps, SB3 default hyperparameters, 1 torch thread, best of {args.repeats}\n")
-    print("| environment | gbmr steps/s | SB3 steps/s | ratio |")
-    print("|---|---:|---:|---:|")
+    print_table_header()
     for env_id in args.envs:
-        make_env(env_id).close()  # first imports (minatar, ale_py) happen outside both clocks
-        torch.optim.Adam(torch.nn.Linear(1, 1).parameters())
-        ours, theirs = 0.0, 0.0
-        for _ in range(args.repeats):
-            ours = max(ours, time_gbmr(env_id, args.steps))
-            theirs = max(theirs, time_sb3(env_id, args.steps))
-        print(f"| {env_id} | {ours:,.0f} | {theirs:,.0f} | {ours / theirs:.2f}x |", flush=True)
+        warm_up(env_id)
+        ours, theirs = compare(partial(time_ours, env_id, args.steps), partial(time_sb3, env_id, args.steps),
+                               args.repeats)
+        print_row(env_id, ours, theirs)
 
 
 if __name__ == "__main__":
