@@ -1,7 +1,6 @@
 """The runner's fast paths keep its results: a single env stepped directly, TensorBoard points as window means."""
 
 import csv
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,13 +8,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gbmr.cli import main
 from gbmr.envs import make_vector_env
-from gbmr.runners.sync import SyncRunner
+from gbmr.runners.collector import Collector
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "MinAtar/Breakout-v1"])
 def test_single_env_step_equals_vector_env_step(env_id):
     direct, vector = make_vector_env(env_id, 1), make_vector_env(env_id, 1)
-    runner = SimpleNamespace(envs=direct)  # _step_envs reads only the envs
+    collector = Collector(direct, seed=0)
     rng = np.random.default_rng(0)
     for episode in range(3):
         obs_a, _ = direct.reset(seed=[episode])
@@ -24,7 +23,7 @@ def test_single_env_step_equals_vector_env_step(env_id):
         done = False
         while not done:
             actions = rng.integers(direct.single_action_space.n, size=1)
-            got = SyncRunner._step_envs(runner, actions)
+            got = collector._step_envs(actions)
             want = vector.step(actions)[:4]
             for a, b in zip(got, want, strict=True):
                 assert a.dtype == b.dtype and a.shape == b.shape

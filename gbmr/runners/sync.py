@@ -1,11 +1,8 @@
-"""The single-process runner: steps a gymnasium vector env, feeds the agent, records, checkpoints.
+"""The single-process runner: a collector steps the vector env, the runner feeds the agent, records, checkpoints.
 
-Exact resume. Every episode of environment ``i`` starts from ``reset(seed=derive_seed(seed, i, n))`` and the
-runner keeps the actions taken since that reset. Environments are deterministic given the reset seed and the
-actions, so a checkpoint can be taken at any step: on resume each environment is reset with its episode's seed
-and the recorded actions are replayed, which puts it back exactly where it was. Together with the agent's
-state (nets, optimiser, replay, RNG) and the runner's counters this makes a killed-and-resumed run write the
-same ``metrics.csv`` as an uninterrupted one.
+Exact resume. The collector (collector.py) can rebuild every environment from its episode seed and action log,
+so a checkpoint can be taken at any step. Together with the agent's state (nets, optimiser, replay, RNG) and the
+runner's counters this makes a killed-and-resumed run write the same ``metrics.csv`` as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,19 +22,11 @@ from gbmr.config import RunConfig
 from gbmr.core.run_dir import EPISODE_COLUMNS, EVAL_COLUMNS, LEARNER_COLUMNS, CsvLog, RunDir
 from gbmr.core.seeding import derive_seed
 from gbmr.core.state import to_numpy, to_saveable
+from gbmr.runners.collector import Collector
 
-TRAIN_STREAM = 0  # seed streams: training episodes of env i use stream i, evaluation its own range
-EVAL_STREAM = 1_000_000
+EVAL_STREAM = 1_000_000  # evaluation episodes' seed stream (training env i uses stream i)
 LOG_EVERY = 1000  # env steps between TensorBoard points of the training curves (and progress bar updates)
 TENSORBOARD_TAGS = {"return": "episode_return", "length": "episode_length"}
-
-
-def env_state(env: gym.Env) -> dict | None:
-    """State an environment carries across episodes (e.g. a dynamic maze's episode counter), if any.
-
-    Taken right after a reset; loading it and resetting again restarts that same episode."""
-    getter = getattr(env.unwrapped, "state_dict", None)
-    return getter() if callable(getter) else None
 
 
 def evaluate(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_index: int = 0,
@@ -74,17 +63,10 @@ class SyncRunner:
         self.eval_env = eval_env
         self.run = run
         self.progress = progress
-        n = envs.num_envs
+        self.collector = Collector(envs, config.seed)
         self.step = 0
         self.episodes = 0
         self.evaluations = 0
-        self.episode_index = np.zeros(n, dtype=np.int64)  # per-env count of episodes started
-        self.episode_seed = np.zeros(n, dtype=np.int64)
-        self.episode_env_state: list[dict | None] = [None] * n  # env state of the episode (see env_state)
-        self.episode_actions: list[list[Any]] = [[] for _ in range(n)]  # since the last real reset
-        self.episode_resets: list[list[int]] = [[] for _ in range(n)]  # action counts at continuing resets
-        self.episode_return = np.zeros(n)
-        self.episode_length = np.zeros(n, dtype=np.int64)
         self.metric_sums: dict[str, float] = {}
         self.metric_counts: dict[str, int] = {}
         self.learner_sums: dict[str, float] = {}  # learner metrics since the last learner.csv row
@@ -92,7 +74,6 @@ class SyncRunner:
         self.learner_updates = 0
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.unlogged_rows: list[dict[str, float]] = []  # metrics.csv rows not yet summarised in TensorBoard
-        self.obs: np.ndarray | None = None
 
     # ------------------------------------------------------------------ the loop
     def train(self, checkpoint: dict[str, Any] | None = None) -> None:
@@ -101,7 +82,7 @@ class SyncRunner:
         if resuming:
             self._load(checkpoint)
         else:
-            self.obs = self._reset(np.ones(self.envs.num_envs, dtype=bool))
+            self.collector.start()
         columns = EPISODE_COLUMNS + tuple(self.agent.metric_names)
         metrics = CsvLog(self.run.metrics, columns, checkpoint["runner"]["metrics_rows"] if resuming else None)
         evals = CsvLog(self.run.eval, EVAL_COLUMNS, checkpoint["runner"]["eval_rows"] if resuming else None)
@@ -119,21 +100,12 @@ class SyncRunner:
         clock, clock_step = time.perf_counter(), self.step
         try:
             while self.step < cfg.total_steps:
-                actions = self.agent.act(self.obs, explore=True)
-                next_obs, rewards, terminated, truncated = self._step_envs(actions)
-                self.agent.observe(self.obs, actions, rewards, next_obs, terminated, truncated)
+                step = self.collector.step(self.agent.act(self.collector.obs, explore=True))
+                self.agent.observe(*step[:6])
                 self._accumulate(self.agent.update())
                 self.step += n
-                for i in range(n):
-                    self.episode_actions[i].append(actions[i])
-                self.episode_return += rewards
-                self.episode_length += 1
-                done = terminated | truncated
-                self.obs = next_obs
-                if done.any():
-                    for i in np.flatnonzero(done):
-                        self._end_episode(i, metrics)
-                    self.obs = self._reset(done, self.obs)
+                for _, ret, length in step.finished:
+                    self._end_episode(ret, length, metrics)
                 if cfg.eval_episodes > 0 and (self.step >= next_eval or self.step >= cfg.total_steps):
                     self._evaluate(evals, writer)
                     next_eval = _next_multiple(self.step, cfg.eval_every)
@@ -164,20 +136,8 @@ class SyncRunner:
             evals.close()
             learner.close()
 
-    def _step_envs(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``envs.step`` without the infos (the runner reads none). A single environment is stepped directly,
-        with the vector env's results (batched, copied, in the space's dtype) at half its ~12 us a step;
-        the vector env, which does not autoreset, keeps no state that this skips."""
-        if self.envs.num_envs > 1:
-            obs, rewards, terminated, truncated, _ = self.envs.step(actions)
-            return obs, rewards, terminated, truncated
-        obs, reward, terminated, truncated, _ = self.envs.envs[0].step(actions[0])
-        return (np.array(obs, dtype=self.envs.single_observation_space.dtype)[None],
-                np.array([reward], dtype=np.float64), np.array([terminated]), np.array([truncated]))
-
-    def _end_episode(self, i: int, metrics: CsvLog) -> None:
+    def _end_episode(self, ret: float, length: int, metrics: CsvLog) -> None:
         self.episodes += 1
-        ret, length = float(self.episode_return[i]), int(self.episode_length[i])
         row = {"step": self.step, "episode": self.episodes, "return": ret, "length": length}
         for key, total in self.metric_sums.items():
             row[key] = total / self.metric_counts[key]
@@ -231,48 +191,13 @@ class SyncRunner:
                 sums[key] = sums.get(key, 0.0) + value
                 counts[key] = counts.get(key, 0) + 1
 
-    def _reset(self, mask: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
-        """Reset the masked environments with their next episode seeds; return the batch of observations.
-
-        An Atari env with episodic life may continue its game instead (``info["life_reset"]``): then the seed
-        is ignored, so the episode keeps its recorded start and actions, plus the point where it was reset.
-        """
-        n = self.envs.num_envs
-        seeds: list[int | None] = [None] * n
-        for i in np.flatnonzero(mask):
-            seeds[i] = derive_seed(self.config.seed, TRAIN_STREAM + i, int(self.episode_index[i]))
-            self.episode_index[i] += 1
-        reset_obs, infos = self.envs.reset(seed=seeds, options={"reset_mask": mask})
-        continued = np.asarray(infos.get("life_reset", np.zeros(n, dtype=bool)))
-        for i in np.flatnonzero(mask):
-            if continued[i]:
-                self.episode_resets[i].append(len(self.episode_actions[i]))
-            else:
-                self.episode_seed[i] = seeds[i]
-                self.episode_env_state[i] = env_state(self.envs.envs[i])
-                self.episode_actions[i] = []
-                self.episode_resets[i] = []
-        self.episode_return[mask] = 0.0
-        self.episode_length[mask] = 0
-        if obs is None:
-            return reset_obs
-        obs = obs.copy()
-        obs[mask] = reset_obs[mask]
-        return obs
-
     # ------------------------------------------------------------------ checkpoints
     def _state(self, metrics_rows: int, eval_rows: int, learner_rows: int) -> dict[str, Any]:
         runner = {
             "step": self.step,
             "episodes": self.episodes,
             "evaluations": self.evaluations,
-            "episode_index": self.episode_index,
-            "episode_seed": self.episode_seed,
-            "episode_env_state": self.episode_env_state,
-            "episode_actions": [np.asarray(a) for a in self.episode_actions],
-            "episode_resets": self.episode_resets,
-            "episode_return": self.episode_return,
-            "episode_length": self.episode_length,
+            **self.collector.state_dict(),
             "metric_sums": self.metric_sums,
             "metric_counts": self.metric_counts,
             "recent_returns": list(self.recent_returns),
@@ -290,34 +215,10 @@ class SyncRunner:
         self.step = runner["step"]
         self.episodes = runner["episodes"]
         self.evaluations = runner["evaluations"]
-        self.episode_index = runner["episode_index"].copy()
-        self.episode_seed = runner["episode_seed"].copy()
-        self.episode_env_state = list(runner["episode_env_state"])
-        self.episode_actions = [list(a) for a in runner["episode_actions"]]
-        self.episode_resets = [list(r) for r in runner["episode_resets"]]
-        self.episode_return = runner["episode_return"].copy()
-        self.episode_length = runner["episode_length"].copy()
         self.metric_sums = dict(runner["metric_sums"])
         self.metric_counts = dict(runner["metric_counts"])
         self.recent_returns.extend(runner["recent_returns"])
-        self.obs = self._replay_episodes()
-
-    def _replay_episodes(self) -> np.ndarray:
-        """Bring every environment back to where it was: reset with the episode's seed, replay its actions."""
-        observations = []
-        for i, env in enumerate(self.envs.envs):
-            if self.episode_env_state[i] is not None:
-                env.unwrapped.load_state_dict(self.episode_env_state[i])
-            obs, _ = env.reset(seed=int(self.episode_seed[i]))
-            resets = set(self.episode_resets[i])
-            for t, action in enumerate(self.episode_actions[i]):
-                if t in resets:
-                    obs, _ = env.reset()
-                obs, *_ = env.step(action)
-            if len(self.episode_actions[i]) in resets:
-                obs, _ = env.reset()
-            observations.append(obs)
-        return np.stack(observations)
+        self.collector.load_state_dict(runner)
 
 
 def _next_multiple(step: int, every: int) -> int:

@@ -1,0 +1,162 @@
+"""Stepping a vector env for the training loops, apart from the loops themselves (single-process or a Ray actor's).
+
+Exact resume. Every episode of environment ``i`` starts from ``reset(seed=derive_seed(seed, i, n))``, where ``i``
+is the environment's index in the whole run (a distributed actor holds a slice of them), and the collector keeps
+the actions taken since that reset. Environments are deterministic given the reset seed and the actions, so on
+resume each environment is reset with its episode's seed and the recorded actions are replayed, which puts it
+back exactly where it was.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+
+from gbmr.core.seeding import derive_seed
+
+TRAIN_STREAM = 0  # seed streams: training episodes of env i use stream i, evaluation its own range
+
+
+class Step(NamedTuple):
+    """One vector step. ``next_obs`` holds the true final observation where an episode ended; ``finished``
+    lists (env, return, length) of those episodes, in env order."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_obs: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    finished: list[tuple[int, float, int]]
+
+
+def env_state(env: gym.Env) -> dict | None:
+    """State an environment carries across episodes (e.g. a dynamic maze's episode counter), if any.
+
+    Taken right after a reset; loading it and resetting again restarts that same episode."""
+    getter = getattr(env.unwrapped, "state_dict", None)
+    return getter() if callable(getter) else None
+
+
+class Collector:
+    """Owns the training environments: episode seeds, returns and lengths, and the action log for resume."""
+
+    def __init__(self, envs: gym.vector.SyncVectorEnv, seed: int, env_ids: np.ndarray | None = None) -> None:
+        n = envs.num_envs
+        self.envs = envs
+        self.seed = seed
+        self.env_ids = np.arange(n) if env_ids is None else np.asarray(env_ids)  # indices in the whole run
+        self.episode_index = np.zeros(n, dtype=np.int64)  # per-env count of episodes started
+        self.episode_seed = np.zeros(n, dtype=np.int64)
+        self.episode_env_state: list[dict | None] = [None] * n  # env state of the episode (see env_state)
+        self.episode_actions: list[list[Any]] = [[] for _ in range(n)]  # since the last real reset
+        self.episode_resets: list[list[int]] = [[] for _ in range(n)]  # action counts at continuing resets
+        self.episode_return = np.zeros(n)
+        self.episode_length = np.zeros(n, dtype=np.int64)
+        self.obs: np.ndarray | None = None
+
+    @property
+    def num_envs(self) -> int:
+        return self.envs.num_envs
+
+    def start(self) -> np.ndarray:
+        """Reset every environment into its first episode; the observations the first actions are chosen on."""
+        self.obs = self._reset(np.ones(self.num_envs, dtype=bool))
+        return self.obs
+
+    def step(self, actions: np.ndarray) -> Step:
+        """Step every env with ``actions``, account the episodes, reset the ones that ended (``self.obs`` is
+        then the next observations to act on)."""
+        obs = self.obs
+        next_obs, rewards, terminated, truncated = self._step_envs(actions)
+        for i in range(self.num_envs):
+            self.episode_actions[i].append(actions[i])
+        self.episode_return += rewards
+        self.episode_length += 1
+        done = terminated | truncated
+        finished = [(int(i), float(self.episode_return[i]), int(self.episode_length[i])) for i in np.flatnonzero(done)]
+        self.obs = self._reset(done, next_obs) if done.any() else next_obs
+        return Step(obs, actions, rewards, next_obs, terminated, truncated, finished)
+
+    def _step_envs(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``envs.step`` without the infos (nothing reads them). A single environment is stepped directly,
+        with the vector env's results (batched, copied, in the space's dtype) at half its ~12 us a step;
+        the vector env, which does not autoreset, keeps no state that this skips."""
+        if self.num_envs > 1:
+            obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+            return obs, rewards, terminated, truncated
+        obs, reward, terminated, truncated, _ = self.envs.envs[0].step(actions[0])
+        return (np.array(obs, dtype=self.envs.single_observation_space.dtype)[None],
+                np.array([reward], dtype=np.float64), np.array([terminated]), np.array([truncated]))
+
+    def _reset(self, mask: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
+        """Reset the masked environments with their next episode seeds; return the batch of observations.
+
+        An Atari env with episodic life may continue its game instead (``info["life_reset"]``): then the seed
+        is ignored, so the episode keeps its recorded start and actions, plus the point where it was reset.
+        """
+        n = self.num_envs
+        seeds: list[int | None] = [None] * n
+        for i in np.flatnonzero(mask):
+            seeds[i] = derive_seed(self.seed, TRAIN_STREAM + int(self.env_ids[i]), int(self.episode_index[i]))
+            self.episode_index[i] += 1
+        reset_obs, infos = self.envs.reset(seed=seeds, options={"reset_mask": mask})
+        continued = np.asarray(infos.get("life_reset", np.zeros(n, dtype=bool)))
+        for i in np.flatnonzero(mask):
+            if continued[i]:
+                self.episode_resets[i].append(len(self.episode_actions[i]))
+            else:
+                self.episode_seed[i] = seeds[i]
+                self.episode_env_state[i] = env_state(self.envs.envs[i])
+                self.episode_actions[i] = []
+                self.episode_resets[i] = []
+        self.episode_return[mask] = 0.0
+        self.episode_length[mask] = 0
+        if obs is None:
+            return reset_obs
+        obs = obs.copy()
+        obs[mask] = reset_obs[mask]
+        return obs
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """numpy arrays and plain values (the caller makes them saveable)."""
+        return {
+            "episode_index": self.episode_index.copy(),
+            "episode_seed": self.episode_seed.copy(),
+            "episode_env_state": list(self.episode_env_state),
+            "episode_actions": [np.asarray(a) for a in self.episode_actions],
+            "episode_resets": [list(r) for r in self.episode_resets],
+            "episode_return": self.episode_return.copy(),
+            "episode_length": self.episode_length.copy(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counters and bring every environment back to where it was by replaying its episode."""
+        self.episode_index = np.asarray(state["episode_index"]).copy()
+        self.episode_seed = np.asarray(state["episode_seed"]).copy()
+        self.episode_env_state = list(state["episode_env_state"])
+        self.episode_actions = [list(a) for a in state["episode_actions"]]
+        self.episode_resets = [list(r) for r in state["episode_resets"]]
+        self.episode_return = np.asarray(state["episode_return"]).copy()
+        self.episode_length = np.asarray(state["episode_length"]).copy()
+        self.obs = self._replay_episodes()
+
+    def _replay_episodes(self) -> np.ndarray:
+        """Reset each environment with its episode's seed and replay its actions."""
+        observations = []
+        for i, env in enumerate(self.envs.envs):
+            if self.episode_env_state[i] is not None:
+                env.unwrapped.load_state_dict(self.episode_env_state[i])
+            obs, _ = env.reset(seed=int(self.episode_seed[i]))
+            resets = set(self.episode_resets[i])
+            for t, action in enumerate(self.episode_actions[i]):
+                if t in resets:
+                    obs, _ = env.reset()
+                obs, *_ = env.step(action)
+            if len(self.episode_actions[i]) in resets:
+                obs, _ = env.reset()
+            observations.append(obs)
+        return np.stack(observations)
