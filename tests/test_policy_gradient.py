@@ -102,7 +102,8 @@ def test_categorical_head_matches_torch_distributions():
     actions = torch.tensor([0, 1, 2, 3, 1])
     assert torch.allclose(head.log_prob(logits, actions), dist.log_prob(actions))
     assert torch.allclose(head.entropy(logits), dist.entropy())
-    samples = head.sample(logits[:1].expand(20000, 4), torch.Generator().manual_seed(0))
+    rngs = [np.random.default_rng(i) for i in range(20000)]
+    samples = head.sample(logits[:1].expand(20000, 4), torch.from_numpy(head.noise(rngs)))
     freq = np.bincount(samples.numpy(), minlength=4) / 20000
     assert np.allclose(freq, dist.probs[0].numpy(), atol=0.02)
 
@@ -135,3 +136,24 @@ def test_rollout_storage_round_trip_keeps_the_filled_rows():
     assert restored.full
     with pytest.raises(RuntimeError):
         restored.add(values=torch.zeros(2))
+
+
+@pytest.mark.parametrize("action_space", [gym.spaces.Discrete(3), gym.spaces.Box(-1.0, 1.0, (2,), np.float32)])
+def test_an_envs_actions_do_not_depend_on_which_envs_share_its_batch(action_space):
+    """A distributed actor holding envs 2-3 of a run samples them as the agent holding envs 0-3 does."""
+    from gbmr.agents.ppo import PPOAgent, PPOConfig
+
+    obs_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+
+    def agent(num_envs):
+        torch.manual_seed(0)
+        return PPOAgent(PPOConfig(), obs_space, action_space, num_envs, torch.device("cpu"), seed=5,
+                        total_steps=1000)
+
+    whole, part = agent(4), agent(2)
+    part.assign_envs(np.array([2, 3]))
+    obs = np.random.default_rng(0).uniform(-1, 1, (6, 4, 4)).astype(np.float32)
+    for t in range(6):
+        np.testing.assert_array_equal(whole.act(obs[t])[2:], part.act(obs[t, 2:]))
+    other = agent(2)  # envs 0-1's streams: different draws (the test would pass vacuously otherwise)
+    assert any(not np.array_equal(whole.act(obs[t])[2:], other.act(obs[t, 2:])) for t in range(6))

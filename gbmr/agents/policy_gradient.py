@@ -19,7 +19,7 @@ from gbmr.core.state import rng_state, set_rng_state
 from gbmr.memory.rollout import RolloutStorage
 from gbmr.nets.policies import ActorCritic
 
-SAMPLING_STREAM = 2  # the policy samples actions from its own torch generator
+SAMPLING_STREAM = 2  # env i's actions are sampled from stream (2, i)
 OPTIMIZERS = ("adam", "rmsprop")
 
 
@@ -65,8 +65,8 @@ class PolicyGradientAgent(Agent):
             self.optimizer = make_adam(self.params, config.lr, device, eps=config.adam_eps)
         else:  # A2C's optimiser (Mnih et al. 2016; SB3's alpha 0.99, eps 1e-5)
             self.optimizer = torch.optim.RMSprop(self.params, lr=config.lr, alpha=0.99, eps=config.adam_eps)
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(derive_seed(seed, SAMPLING_STREAM))
+        self.seed = seed
+        self.assign_envs(np.arange(num_envs))
         self.storage = RolloutStorage(self.rollout_capacity(), num_envs, self.rollout_fields(), device)
         self.updates = 0
         self._pending: dict[str, torch.Tensor] | None = None  # what act() saw, for the observe() that follows
@@ -96,13 +96,22 @@ class PolicyGradientAgent(Agent):
         """One learning phase on the storage's rollout (cleared afterwards)."""
 
     # ------------------------------------------------------------------ acting and recording
+    def assign_envs(self, env_ids: np.ndarray) -> None:
+        """Sample env k's actions from the stream of env ``env_ids[k]`` of the run: a distributed actor holding
+        envs 4-7 of the run acts on them as the single-process agent holding all of them does."""
+        self.sampling_rngs = [np.random.default_rng(derive_seed(self.seed, SAMPLING_STREAM, int(i))) for i in env_ids]
+
+    def sampling_noise(self) -> torch.Tensor:
+        """This step's noise for the head to sample with, one row per env from its own stream."""
+        return torch.from_numpy(self.head.noise(self.sampling_rngs)).to(self.device)
+
     def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
         obs_t = torch.as_tensor(obs, device=self.device)
         with torch.inference_mode():
             params, values = self.net(obs_t)
             if not explore:
                 return self.head.to_env(self.head.mode(params))
-            actions = self.head.sample(params, self.generator)
+            actions = self.head.sample(params, self.sampling_noise())
             self._pending = {"obs": obs_t, "actions": actions, "values": values,
                              "log_probs": self.head.log_prob(params, actions)}
         return self.head.to_env(actions)
@@ -159,14 +168,15 @@ class PolicyGradientAgent(Agent):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "storage": self.storage.state_dict(), "generator": self.generator.get_state(),
+                "storage": self.storage.state_dict(), "sampling": [rng_state(r) for r in self.sampling_rngs],
                 "rng": rng_state(self.rng), "counters": {"steps": self.steps, "updates": self.updates}}
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.storage.load_state_dict(state["storage"])
-        self.generator.set_state(state["generator"])
+        for rng, saved in zip(self.sampling_rngs, state["sampling"], strict=True):
+            set_rng_state(rng, saved)
         set_rng_state(self.rng, state["rng"])
         self.steps = state["counters"]["steps"]
         self.updates = state["counters"]["updates"]

@@ -74,7 +74,7 @@ class PPOTransformerAgent(PPOAgent):
                 params, _, self.eval_cache = self.net.step(obs_t, starts, self.eval_cache)
                 return self.head.to_env(self.head.mode(params))
             params, values, self.cache = self.net.step(obs_t, self.starts, self.cache)
-            actions = self.head.sample(params, self.generator)
+            actions = self.head.sample(params, self.sampling_noise())
             self._pending = {"obs": obs_t, "actions": actions, "values": values, "starts": self.starts.clone(),
                              "log_probs": self.head.log_prob(params, actions)}
         return self.head.to_env(actions)
