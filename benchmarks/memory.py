@@ -49,12 +49,13 @@ from unittest import mock
 import numpy as np
 import torch
 
+from gbmr.agents import build_agent
 from gbmr.agents.dqn import DQNConfig
 from gbmr.agents.gbmr import GBMRAgent, GBMRConfig
 from gbmr.config import RunConfig, build_config
 from gbmr.core.run_dir import RunDir
 from gbmr.envs import env_family, make_env
-from gbmr.experiment.train import build_agent, start_run
+from gbmr.experiment.train import start_run
 from gbmr.memory.episodes import Episode, n_step_returns
 from gbmr.memory.graph import MemoryGraph
 

@@ -77,8 +77,8 @@ def full_regime(steps: int, overrides: list[str], seed: int = 0) -> dict[str, fl
     import numpy as np
     import torch
 
+    from gbmr.agents import build_agent
     from gbmr.envs import make_env
-    from gbmr.experiment.train import build_agent
 
     torch.set_num_threads(1)
     cfg = config(10 * steps, overrides)

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--num-envs", type=int, help="environments stepped together (gymnasium vector env)")
     train.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    train.add_argument("--actors", type=int, help="Ray actors stepping the envs (0: one process)")
+    train.add_argument("--mode", help="with --actors: sync (collect, then train) | async (actors run ahead)")
+    train.add_argument("--ray", dest="ray_address", metavar="ADDRESS",
+                       help="with --actors: the Ray cluster to join (default: local, start Ray here)")
     train.add_argument("--preset", help="named preset in configs/<algo>/ (default: the environment family's)")
     train.add_argument("--config", help="YAML file of config keys (run keys, agent:, env_options:)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -98,7 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from gbmr.experiment.train import resume_run, start_run
 
     if args.resume:
-        given = [k for k in ("algo", "env", "total_steps", "seed", "num_envs", "preset", "config") if getattr(args, k)]
+        given = [k for k in ("algo", "env", "total_steps", "seed", "num_envs", "preset", "config", "actors", "mode")
+                 if getattr(args, k)]
         if given or args.set:
             raise GbmrError("--resume continues a run with its saved config; drop " + ", ".join(
                 ["--" + k.replace("_", "-") for k in given] + (["--set"] if args.set else [])))
@@ -123,7 +128,7 @@ def make_config(args: argparse.Namespace) -> RunConfig:
     return build_config(
         args.algo, args.env, cls.Config, env_family(args.env), preset=args.preset, config_file=args.config,
         overrides=args.set, seed=args.seed, total_steps=args.total_steps, num_envs=args.num_envs,
-        device=args.device,
+        device=args.device, actors=args.actors, mode=args.mode, ray_address=args.ray_address,
     )
 
 

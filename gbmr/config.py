@@ -38,6 +38,11 @@ class RunConfig:
     eval_max_steps: int = 27_000  # an evaluation episode ends here (a greedy policy may never end one: MinAtar
     # has no time limit); 27k agent steps = the 108k frames of the Atari protocol
     checkpoint_every: int = 10_000  # env steps between checkpoints (a final one is always written)
+    actors: int = 0  # > 0: that many Ray actors share the num_envs environments, one learner trains
+    mode: str = "sync"  # distributed: sync (every batch collected with the latest weights) | async
+    ray_address: str = "local"  # distributed: a Ray cluster's address, or local (start Ray here)
+    actor_steps: int = 128  # distributed off-policy agents: vector steps an actor collects per batch
+    max_lag: int = 2  # async: batches collected more than this many policy versions ago are dropped
     preset: str = "default"
     env_options: dict[str, Any] = field(default_factory=dict)
     agent: Any = None  # the algorithm's Config dataclass instance

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from gbmr.agents.base import Agent
 from gbmr.core.errors import unknown_choice
@@ -31,3 +32,14 @@ def agent_class(algo: str) -> type[Agent]:
         raise unknown_choice("algorithm", algo, ALGORITHMS)
     module, name = ALGORITHMS[algo].split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def build_agent(config: Any, observation_space: Any, action_space: Any, num_envs: int | None = None) -> Agent:
+    """The agent a RunConfig names, for the run's ``num_envs`` (or fewer: a distributed actor's slice)."""
+    from gbmr.core.devices import resolve_device
+
+    cls = agent_class(config.algo)
+    cls.check_spaces(observation_space, action_space)
+    return cls(config.agent, observation_space, action_space, num_envs=num_envs or config.num_envs,
+               device=resolve_device(config.device), seed=config.seed, total_steps=config.total_steps)
+

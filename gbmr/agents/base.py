@@ -23,6 +23,9 @@ class Agent(ABC):
 
     Config: type
     metric_names: tuple[str, ...] = ()
+    # How a distributed run (runners/distributed.py) feeds it: "on-policy" (actors fill rollouts the learner
+    # concatenates), "off-policy" (actors send transitions the learner observes), None (single process only).
+    distributed: str | None = None
 
     def __init__(
         self,
@@ -81,3 +84,20 @@ class Agent(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+    # ------------------------------------------------------------------ distributed acting (optional)
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        """What an actor's copy needs to act as this agent does (one Ray object store put per version)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run distributed")
+
+    def load_policy_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not run distributed")
+
+    def follow_schedule(self, steps: int) -> None:
+        """An actor's copy acts as the learner would after ``steps`` env steps (exploration schedules)."""
+        self.steps = steps
+
+    def acting_rngs(self) -> list[np.random.Generator]:
+        """The generators acting draws from: an actor's state for a restart carries them."""
+        return [self.rng]
+

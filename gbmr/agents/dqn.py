@@ -73,6 +73,7 @@ def q_targets(
 class DQNAgent(Agent):
     Config = DQNConfig
     metric_names = ("loss", "q_mean", "epsilon")
+    distributed = "off-policy"
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
@@ -127,9 +128,18 @@ class DQNAgent(Agent):
 
     def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
         self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
-        self.steps += self.num_envs
+        self.follow_schedule(self.steps + self.num_envs)
+
+    def follow_schedule(self, steps: int) -> None:
         cfg = self.config
+        self.steps = steps
         self.epsilon = linear_schedule(cfg.eps_start, cfg.eps_end, cfg.eps_fraction * self.total_steps, self.steps)
+
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        return self.q.state_dict()
+
+    def load_policy_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.q.load_state_dict(weights)
 
     def update(self) -> dict[str, float]:
         cfg = self.config

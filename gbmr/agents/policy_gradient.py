@@ -46,6 +46,7 @@ def torch_dtype(dtype: np.dtype) -> torch.dtype:
 
 class PolicyGradientAgent(Agent):
     metric_names = ("policy_loss", "value_loss", "entropy")
+    distributed = "on-policy"
 
     @classmethod
     def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
@@ -100,6 +101,15 @@ class PolicyGradientAgent(Agent):
         """Sample env k's actions from the stream of env ``env_ids[k]`` of the run: a distributed actor holding
         envs 4-7 of the run acts on them as the single-process agent holding all of them does."""
         self.sampling_rngs = [np.random.default_rng(derive_seed(self.seed, SAMPLING_STREAM, int(i))) for i in env_ids]
+
+    def acting_rngs(self) -> list[np.random.Generator]:
+        return self.sampling_rngs
+
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        return self.net.state_dict()
+
+    def load_policy_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(weights)
 
     def sampling_noise(self) -> torch.Tensor:
         """This step's noise for the head to sample with, one row per env from its own stream."""

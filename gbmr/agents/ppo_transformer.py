@@ -32,6 +32,7 @@ class PPOTransformerConfig(PPOConfig):
 
 class PPOTransformerAgent(PPOAgent):
     Config = PPOTransformerConfig
+    distributed = None  # an actor's KV cache would have to travel with its slice of envs: not built
 
     def __init__(self, config: PPOTransformerConfig, observation_space, action_space, num_envs, device, seed,
                  total_steps):

@@ -61,6 +61,7 @@ from gbmr.core.errors import GbmrError, unknown_choice
 from gbmr.core.run_dir import RunDir
 from gbmr.envs import env_family, make_env
 from gbmr.experiment.train import resume_run, start_run
+from gbmr.runners.distributed import connect_ray
 
 SWEEPS_DIR = PRESETS_DIR / "sweeps"
 SWEEP_KEYS = ("name", "out", "algos", "envs", "seeds", "total_steps", "preset", "set", "grid")
@@ -307,7 +308,7 @@ def execute(sweep: Sweep, workers: int = 1, ray_address: str | None = None, prog
     todo = [r for r in sweep.runs if r.state != "complete"]
     states = Counter(r.state for r in sweep.runs)
     if ray_address and todo:
-        ray = _connect_ray(ray_address, workers)
+        ray = connect_ray(ray_address, workers)
         where = f"Ray ({ray_address})"
     else:
         where = "this process" if workers == 1 or not todo else f"{workers} worker processes"
@@ -392,18 +393,6 @@ def _pool_outcomes(todo: list[SweepRun], workers: int) -> Iterator[Outcome]:
                 yield Outcome(run.name, _planned_action(run), 0.0, error=f"worker process failed: {exc!r}")
     finally:
         pool.shutdown(cancel_futures=True)
-
-
-def _connect_ray(address: str, workers: int) -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise GbmrError("--ray needs Ray, which is not installed: pip install 'gbmr[ray]'") from None
-    if address == "local":
-        ray.init(num_cpus=workers, include_dashboard=False)
-    else:
-        ray.init(address=address)
-    return ray
 
 
 def _ray_outcomes(ray: Any, todo: list[SweepRun]) -> Iterator[Outcome]:

@@ -4,46 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gymnasium as gym
 import torch
 
-from gbmr.agents import agent_class
+from gbmr.agents import agent_class, build_agent
 from gbmr.agents.base import Agent
 from gbmr.config import RunConfig, config_from_dict, save_config
-from gbmr.core.errors import GbmrError, unknown_choice
+from gbmr.core.errors import GbmrError
 from gbmr.core.run_dir import RunDir
 from gbmr.core.seeding import seed_everything
 from gbmr.envs import make_env, make_vector_env
 from gbmr.runners.sync import SyncRunner
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise unknown_choice("device", name, ("auto", "cpu", "cuda", "cuda:N"))
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GbmrError(f"device '{name}' was asked for but CUDA is not available here; use --set device=cpu")
-    return torch.device(name)
-
-
-def build_agent(config: RunConfig, observation_space: gym.Space, action_space: gym.Space) -> Agent:
-    cls = agent_class(config.algo)
-    cls.check_spaces(observation_space, action_space)
-    return cls(
-        config.agent,
-        observation_space,
-        action_space,
-        num_envs=config.num_envs,
-        device=resolve_device(config.device),
-        seed=config.seed,
-        total_steps=config.total_steps,
-    )
-
-
 def _runner(config: RunConfig, run: RunDir, progress: bool) -> SyncRunner:
     if config.num_envs < 1:
         raise GbmrError(f"num_envs must be at least 1, got {config.num_envs}")
+    if config.actors < 0:
+        raise GbmrError(f"actors must be at least 0 (0: one process), got {config.actors}")
     if config.torch_threads < 1:
         raise GbmrError(f"torch_threads must be at least 1, got {config.torch_threads}")
     torch.set_num_threads(config.torch_threads)
@@ -52,6 +29,11 @@ def _runner(config: RunConfig, run: RunDir, progress: bool) -> SyncRunner:
     envs.action_space.seed(config.seed)
     eval_env = make_env(config.env, config.seed, training=False, **config.env_options)
     agent = build_agent(config, envs.single_observation_space, envs.single_action_space)
+    if config.actors > 0:  # the actors make their own envs; the learner's are only for the spaces
+        from gbmr.runners.distributed import DistributedRunner
+
+        envs.close()
+        return DistributedRunner(config, agent, eval_env, run, progress)
     return SyncRunner(config, agent, envs, eval_env, run, progress)
 
 

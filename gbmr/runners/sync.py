@@ -52,7 +52,7 @@ class SyncRunner:
         self,
         config: RunConfig,
         agent: Agent,
-        envs: gym.vector.SyncVectorEnv,
+        envs: gym.vector.SyncVectorEnv | None,
         eval_env: gym.Env,
         run: RunDir,
         progress: bool = True,
@@ -63,7 +63,7 @@ class SyncRunner:
         self.eval_env = eval_env
         self.run = run
         self.progress = progress
-        self.collector = Collector(envs, config.seed)
+        self.collector = Collector(envs, config.seed) if envs is not None else None  # None: actors step them
         self.step = 0
         self.episodes = 0
         self.evaluations = 0
@@ -82,59 +82,76 @@ class SyncRunner:
         if resuming:
             self._load(checkpoint)
         else:
-            self.collector.start()
+            self._start()
+        runner = checkpoint["runner"] if resuming else {}
         columns = EPISODE_COLUMNS + tuple(self.agent.metric_names)
-        metrics = CsvLog(self.run.metrics, columns, checkpoint["runner"]["metrics_rows"] if resuming else None)
-        evals = CsvLog(self.run.eval, EVAL_COLUMNS, checkpoint["runner"]["eval_rows"] if resuming else None)
-        learner = CsvLog(self.run.learner, LEARNER_COLUMNS + tuple(self.agent.metric_names),
-                         checkpoint["runner"].get("learner_rows", 0) if resuming else None)
+        self.metrics = CsvLog(self.run.metrics, columns, runner["metrics_rows"] if resuming else None)
+        self.evals = CsvLog(self.run.eval, EVAL_COLUMNS, runner["eval_rows"] if resuming else None)
+        self.learner = CsvLog(self.run.learner, LEARNER_COLUMNS + tuple(self.agent.metric_names),
+                              runner.get("learner_rows", 0) if resuming else None)
         # The checkpoint's own step was fully logged before it was saved (evaluation, TensorBoard points): keep it.
-        writer = SummaryWriter(str(self.run.tensorboard), purge_step=self.step + 1 if resuming else None)
-        bar = tqdm(total=cfg.total_steps, initial=self.step, unit="step", disable=not self.progress,
-                   dynamic_ncols=True, smoothing=0.05)
+        self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=self.step + 1 if resuming else None)
+        self.bar = tqdm(total=cfg.total_steps, initial=self.step, unit="step", disable=not self.progress,
+                        dynamic_ncols=True, smoothing=0.05)
         self.run.write_status("running", self.step, cfg.total_steps)
-        n = self.envs.num_envs
-        next_eval = _next_multiple(self.step, cfg.eval_every)
-        next_checkpoint = _next_multiple(self.step, cfg.checkpoint_every)
-        next_log = _next_multiple(self.step, LOG_EVERY)
-        clock, clock_step = time.perf_counter(), self.step
+        self.next_eval = _next_multiple(self.step, cfg.eval_every)
+        self.next_checkpoint = _next_multiple(self.step, cfg.checkpoint_every)
+        self.next_log = _next_multiple(self.step, LOG_EVERY)
+        self.clock, self.clock_step = time.perf_counter(), self.step
         try:
             while self.step < cfg.total_steps:
-                step = self.collector.step(self.agent.act(self.collector.obs, explore=True))
-                self.agent.observe(*step[:6])
-                self._accumulate(self.agent.update())
-                self.step += n
-                for _, ret, length in step.finished:
-                    self._end_episode(ret, length, metrics)
-                if cfg.eval_episodes > 0 and (self.step >= next_eval or self.step >= cfg.total_steps):
-                    self._evaluate(evals, writer)
-                    next_eval = _next_multiple(self.step, cfg.eval_every)
-                if self.step >= next_checkpoint or self.step >= cfg.total_steps:
-                    self._log_episodes(writer)  # so a resumed run logs the same windows
-                    self._log_learner(learner, writer)
-                    self.run.save_checkpoint(self._state(metrics.rows, evals.rows, learner.rows))
-                    self.run.write_status("running", self.step, cfg.total_steps)
-                    next_checkpoint = _next_multiple(self.step, cfg.checkpoint_every)
-                if self.step >= next_log:
-                    self._log_episodes(writer)
-                    self._log_learner(learner, writer)
-                    now = time.perf_counter()
-                    writer.add_scalar("time/steps_per_second", (self.step - clock_step) / (now - clock), self.step)
-                    if self.recent_returns:
-                        bar.set_postfix(ret=f"{np.mean(self.recent_returns):.1f}", refresh=False)
-                    bar.update(self.step - bar.n)
-                    clock, clock_step = now, self.step
-                    next_log = _next_multiple(self.step, LOG_EVERY)
-            self._log_episodes(writer)
-            self._log_learner(learner, writer)
-            bar.update(self.step - bar.n)
+                self._advance()
+                self._bookkeeping()
+            self._log_episodes(self.writer)
+            self._log_learner(self.learner, self.writer)
+            self.bar.update(self.step - self.bar.n)
             self.run.write_status("complete", self.step, cfg.total_steps)
         finally:
-            bar.close()
-            writer.close()
-            metrics.close()
-            evals.close()
-            learner.close()
+            self.bar.close()
+            self.writer.close()
+            self.metrics.close()
+            self.evals.close()
+            self.learner.close()
+            self._stop()
+
+    def _start(self) -> None:
+        """A new run: the first observations."""
+        self.collector.start()
+
+    def _stop(self) -> None:  # noqa: B027 - a hook for runners that own processes
+        """The run ended or failed: release what ``_start`` or ``_load`` acquired."""
+
+    def _advance(self) -> None:
+        """One vector step: act, step, observe, learn if the agent's schedule says so, account episodes."""
+        step = self.collector.step(self.agent.act(self.collector.obs, explore=True))
+        self.agent.observe(*step[:6])
+        self._accumulate(self.agent.update())
+        self.step += self.collector.num_envs
+        for _, ret, length in step.finished:
+            self._end_episode(ret, length, self.metrics)
+
+    def _bookkeeping(self) -> None:
+        """Evaluate, checkpoint and log where the step counter has passed their multiples."""
+        cfg, writer = self.config, self.writer
+        if cfg.eval_episodes > 0 and (self.step >= self.next_eval or self.step >= cfg.total_steps):
+            self._evaluate(self.evals, writer)
+            self.next_eval = _next_multiple(self.step, cfg.eval_every)
+        if self.step >= self.next_checkpoint or self.step >= cfg.total_steps:
+            self._log_episodes(writer)  # so a resumed run logs the same windows
+            self._log_learner(self.learner, writer)
+            self.run.save_checkpoint(self._state(self.metrics.rows, self.evals.rows, self.learner.rows))
+            self.run.write_status("running", self.step, cfg.total_steps)
+            self.next_checkpoint = _next_multiple(self.step, cfg.checkpoint_every)
+        if self.step >= self.next_log:
+            self._log_episodes(writer)
+            self._log_learner(self.learner, writer)
+            now = time.perf_counter()
+            writer.add_scalar("time/steps_per_second", (self.step - self.clock_step) / (now - self.clock), self.step)
+            if self.recent_returns:
+                self.bar.set_postfix(ret=f"{np.mean(self.recent_returns):.1f}", refresh=False)
+            self.bar.update(self.step - self.bar.n)
+            self.clock, self.clock_step = now, self.step
+            self.next_log = _next_multiple(self.step, LOG_EVERY)
 
     def _end_episode(self, ret: float, length: int, metrics: CsvLog) -> None:
         self.episodes += 1
@@ -197,7 +214,7 @@ class SyncRunner:
             "step": self.step,
             "episodes": self.episodes,
             "evaluations": self.evaluations,
-            **self.collector.state_dict(),
+            **self._collection_state(),
             "metric_sums": self.metric_sums,
             "metric_counts": self.metric_counts,
             "recent_returns": list(self.recent_returns),
@@ -218,6 +235,13 @@ class SyncRunner:
         self.metric_sums = dict(runner["metric_sums"])
         self.metric_counts = dict(runner["metric_counts"])
         self.recent_returns.extend(runner["recent_returns"])
+        self._load_collection(runner)
+
+    def _collection_state(self) -> dict[str, Any]:
+        """Where the environments are (the collector's episodes), for the checkpoint."""
+        return self.collector.state_dict()
+
+    def _load_collection(self, runner: dict[str, Any]) -> None:
         self.collector.load_state_dict(runner)
 
 
