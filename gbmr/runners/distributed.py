@@ -45,7 +45,8 @@ MODES = ("sync", "async")
 
 
 def connect_ray(address: str, num_cpus: int) -> Any:
-    """Ray, joined at ``address`` or started here (``local``) with ``num_cpus`` CPUs; a clear error without it."""
+    """Ray, joined at ``address`` or started here (``local``) with ``num_cpus`` CPUs, unless this process is
+    connected already (then that Ray is used, and left running at the end); a clear error without Ray."""
     try:
         import ray
     except ImportError:
@@ -56,6 +57,14 @@ def connect_ray(address: str, num_cpus: int) -> Any:
         else:
             ray.init(address=address, log_to_driver=False)
     return ray
+
+
+def _ray_running() -> bool:
+    try:
+        import ray
+    except ImportError:
+        return False
+    return ray.is_initialized()
 
 
 def check_distributed(config: RunConfig) -> None:
@@ -165,6 +174,7 @@ class DistributedRunner(SyncRunner):
     # ------------------------------------------------------------------ actors
     def _spawn_all(self) -> None:
         cfg = self.config
+        self.owns_ray = not _ray_running()
         self.ray = connect_ray(cfg.ray_address, cfg.actors)
         self.actor_cls = self.ray.remote(num_cpus=1)(RolloutActor)
         self.actors = [self._spawn(k) for k in range(cfg.actors)]
@@ -182,7 +192,7 @@ class DistributedRunner(SyncRunner):
         self.log.close()
         for actor in self.actors:
             self.ray.kill(actor)
-        if self.config.ray_address == "local":
+        if self.owns_ray and self.config.ray_address == "local":
             self.ray.shutdown()
 
     def _launch(self, k: int, steps: int | None = None) -> Any:
