@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from run_helpers import read_rows
+from run_helpers import kill_twice, read_rows
 
 from gbmr.cli import main
 from gbmr.core.run_dir import RunDir
@@ -122,3 +122,17 @@ def test_ppo_with_two_actors_solves_cartpole(tmp_path):
           "--no-progress", "--run-dir", str(run))
     returns = [float(row[1]) for row in read_rows(run / "eval.csv")[1:]]
     assert max(returns) >= 475, returns
+
+
+@pytest.mark.slow
+def test_a_killed_learner_resumes_to_the_uninterrupted_run(tmp_path):
+    """SIGKILL the whole sync run twice (learner and, with it, its local Ray) and resume it: the actors restart
+    from the states in the checkpoint, and the run writes what an uninterrupted one writes."""
+    args = [*PPO, "--total-steps", "30720", "--actors", "2", "--set", "checkpoint_every=512",
+            "--set", "eval_every=10240"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    train(*args, "--run-dir", str(reference))
+    kill_twice(args, run, 30720)
+    train("--resume", str(run), "--no-progress")
+    for name in ("metrics.csv", "eval.csv", "learner.csv", "distributed.csv"):
+        assert read_rows(run / name) == read_rows(reference / name), name
