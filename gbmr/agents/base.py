@@ -86,6 +86,12 @@ class Agent(ABC):
         """Restore what ``state_dict`` returned."""
 
     # ------------------------------------------------------------------ distributed acting (optional)
+    @classmethod
+    def async_problem(cls, config: Any) -> str | None:
+        """Why an async distributed run cannot feed this agent one actor's slice of the envs at a time, or None
+        when it can. On-policy agents learn from joined slices; off-policy ones must say they take slices."""
+        return None if cls.distributed == "on-policy" else "it observes whole vector steps only"
+
     def policy_weights(self) -> dict[str, torch.Tensor]:
         """What an actor's copy needs to act as this agent does (one Ray object store put per version)."""
         raise NotImplementedError(f"{type(self).__name__} does not run distributed")

@@ -79,6 +79,14 @@ class DQNAgent(Agent):
     def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
         require_discrete("dqn", observation_space, action_space)
 
+    @classmethod
+    def async_problem(cls, config: DQNConfig) -> str | None:
+        """One-step transitions of whole observations are independent rows, so any slice of envs can be added;
+        n-step windows and shared frames follow every env at each vector step."""
+        if config.n_step > 1 or config.frame_stack:
+            return "its n-step windows and shared frames need whole vector steps; set n_step=1 and frame_stack=0"
+        return None
+
     def __init__(self, config: DQNConfig, observation_space, action_space, num_envs, device, seed, total_steps):
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
         if config.loss not in ("huber", "mse"):
@@ -128,7 +136,7 @@ class DQNAgent(Agent):
 
     def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
         self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
-        self.follow_schedule(self.steps + self.num_envs)
+        self.follow_schedule(self.steps + len(actions))  # fewer than num_envs: an async actor's slice
 
     def follow_schedule(self, steps: int) -> None:
         cfg = self.config

@@ -75,6 +75,10 @@ class GBMRDQNAgent(DQNAgent):
     Config = GBMRDQNConfig
     metric_names = DQNAgent.metric_names + ("nodes", "edges", "memory_share", "memory_q", "critical", "paths")
 
+    @classmethod
+    def async_problem(cls, config: GBMRDQNConfig) -> str | None:
+        return "its replay-slot to graph-node map follows whole vector steps"
+
     def __init__(self, config: GBMRDQNConfig, observation_space, action_space, num_envs, device, seed, total_steps):
         if config.memory_weight < 0:
             raise GbmrError(f"memory_weight must be >= 0, got {config.memory_weight}")

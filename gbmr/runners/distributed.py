@@ -7,15 +7,17 @@ version. What an actor sends depends on the agent (``Agent.distributed``):
 - on-policy (PPO, A2C, ...): its [T, M] slice of the rollout (log pi and V included, and the bootstrap values),
   which the learner joins into the [T, N] rollout it learns from;
 - off-policy (DQN and its kin): its [T, M] transitions, which the learner observes a vector step at a time, with
-  an update after each as in one process.
+  an update after each as in one process (sync: all actors' slices joined into N-env steps; async: one actor's
+  M-env slice at a time, for agents whose replay takes any rows, see ``Agent.async_problem``).
 
 ``sync`` mode collects every batch with the latest weights (versions advance by exactly one per batch): for an
 on-policy agent, whose env i samples from its own stream wherever it lives, the run is the single-process run
 (tests/test_distributed.py checks it). ``async`` mode keeps one batch in flight per actor (a bounded queue of
 ``actors`` batches); the learner takes whichever is ready, logs how many versions behind the learner's it was
 collected (``lag``), drops batches more than ``max_lag`` behind and learns from the rest: PPO's ratio against
-the stored behaviour log-probabilities, clipped, is the truncated importance weight. Async runs only the
-on-policy agents (an off-policy learner's n-step windows would need per-actor env slots; not built).
+the stored behaviour log-probabilities, clipped, is the truncated importance weight; an off-policy learner
+needs no correction. Off-policy agents run async when their replay takes slices (DQN with one-step returns of
+whole observations; its n-step windows follow every env at each vector step).
 
 Faults: an actor that dies is replaced by a new one started from its state after the last batch the learner
 accepted, so no transition is counted twice and the step counter stays right. The learner checkpoints at batch
@@ -75,8 +77,9 @@ def check_distributed(config: RunConfig) -> None:
         raise GbmrError(f"{config.algo} does not run with --actors; these do: {', '.join(able)}")
     if config.mode not in MODES:
         raise unknown_choice("mode", config.mode, MODES)
-    if config.mode == "async" and cls.distributed != "on-policy":
-        raise GbmrError(f"--mode async runs the on-policy agents only; use --mode sync for {config.algo}")
+    problem = cls.async_problem(config.agent) if config.mode == "async" else None
+    if problem:
+        raise GbmrError(f"--mode async cannot run {config.algo}: {problem}; or use --mode sync")
     if config.num_envs % config.actors:
         raise GbmrError(f"num_envs ({config.num_envs}) must be a multiple of --actors ({config.actors}): "
                         "each actor steps the same number of envs")
@@ -245,7 +248,10 @@ class DistributedRunner(SyncRunner):
             self._launch(k)
             stale = self.version - result["version"] > self.config.max_lag
             self._log_batches([(k, result)], dropped=stale)
-            self._take_slice(result, stale)
+            if self.on_policy:
+                self._take_slice(result, stale)
+            else:
+                self._learn_transitions([result], self.batch_steps, observe=not stale, envs=self.per_actor)
 
     def _log_batches(self, results: list[tuple[int, dict[str, Any]]], dropped: bool) -> None:
         for k, result in results:
@@ -299,10 +305,12 @@ class DistributedRunner(SyncRunner):
             self.version += 1
             self.slices = 0
 
-    def _learn_transitions(self, results: list[dict[str, Any]], steps: int, observe: bool = True) -> None:
-        """Sync, off-policy: observe the actors' transitions a vector step at a time, each followed by an
-        update, as one process does (``observe=False``: only count the steps and episodes)."""
-        n, base = self.config.num_envs, self.step
+    def _learn_transitions(self, results: list[dict[str, Any]], steps: int, observe: bool = True,
+                           envs: int | None = None) -> None:
+        """Off-policy: observe the actors' transitions (sync: all ``num_envs``, async: one actor's ``envs``) a
+        vector step at a time, each followed by an update, as one process does (``observe=False``: only count
+        the steps and episodes)."""
+        n, base = envs or self.config.num_envs, self.step
         batches = [result["batch"] for result in results]
         finished = sorted(f for result in results for f in result["finished"])
         for t in range(steps):
@@ -314,7 +322,8 @@ class DistributedRunner(SyncRunner):
             self.step = base + (t + 1) * n
             for _, _, ret, length in (f for f in finished if f[0] == t):
                 self._end_episode(ret, length, self.metrics)
-        self.version += 1
+        if observe:
+            self.version += 1
 
     # ------------------------------------------------------------------ checkpoints
     def _collection_state(self) -> dict[str, Any]:
