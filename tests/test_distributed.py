@@ -51,10 +51,12 @@ def test_sync_with_two_actors_is_the_single_process_run(tmp_path):
     assert all(r["lag"] == 0 for r in rows)
 
 
-def test_async_tags_versions_measures_lag_and_drops_stale_batches(tmp_path):
+@pytest.mark.parametrize("correction", ["clip", "vtrace"])
+def test_async_tags_versions_measures_lag_and_drops_stale_batches(tmp_path, correction):
     run = tmp_path / "run"
     train(*PPO, "--total-steps", "2048", "--actors", "2", "--mode", "async", "--set", "max_lag=0",
-          "--run-dir", str(run))
+          "--set", f"correction={correction}", "--run-dir", str(run))
+    assert np.isfinite([float(row[2]) for row in read_rows(run / "learner.csv")[1:]]).all()
     rows = distributed_rows(run)
     for actor in (0, 1):
         versions = [r["version"] for r in rows if r["actor"] == actor]

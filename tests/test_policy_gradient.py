@@ -1,5 +1,5 @@
-"""The maths of the policy-gradient family against hand-computed values: GAE, reward-to-go, round discounting,
-PPO's clipped losses, the action heads, and the rollout storage."""
+"""The maths of the policy-gradient family against hand-computed values: GAE, V-trace, reward-to-go, round
+discounting, PPO's clipped losses, the action heads, and the rollout storage."""
 
 import math
 
@@ -10,7 +10,7 @@ import torch
 
 from gbmr.agents.ppo import ppo_losses
 from gbmr.agents.reinforce import finished_mask
-from gbmr.memory.rollout import RolloutStorage, discounted_returns, gae, round_cuts
+from gbmr.memory.rollout import RolloutStorage, discounted_returns, gae, round_cuts, vtrace
 from gbmr.nets.policies import CategoricalHead, GaussianHead
 
 
@@ -55,6 +55,60 @@ def test_gae_with_lambda_one_is_the_n_step_return_advantage():
     next_values = column(0.0, 0.0, 10.0)
     _, ret = gae(rewards, values, next_values, dones, 0.5, 1.0)
     assert ret[:, 0].tolist() == pytest.approx([1 + 0.5 + 0.25 + 0.125 * 10, 1 + 0.5 + 0.25 * 10, 1 + 0.5 * 10])
+
+
+def test_vtrace_by_hand():
+    """gamma 0.9, lam 1, bars 1; pi/mu = 2, 0.5, 1 -> rho = c = 1, 0.5, 1; the episode terminates at step 2.
+    deltas: 1 * (1 + 0.9 * 1 - 0.5) = 1.4, 0.5 * (0 + 0.9 * 0.2 - 1) = -0.41, 2 - 0.2 = 1.8;
+    v_2 - V_2 = 1.8, v_1 - V_1 = -0.41 + 0.9 * 0.5 * 1.8 = 0.4, v_0 - V_0 = 1.4 + 0.9 * 0.4 = 1.76;
+    advantages: 1 * (1 + 0.9 * 1.4 - 0.5) = 1.76, 0.5 * (0.9 * 2 - 1) = 0.4, 1 * (2 + 0 - 0.2) = 1.8."""
+    s = storage_with([1, 0, 2], [0.5, 1.0, 0.2], [False, False, True], [0.0, 0.0, 0.0], 5.0)
+    log_rhos = column(math.log(2), math.log(0.5), 0.0)
+    adv, targets = vtrace(s["rewards"], s["values"], s.next_values(), s["dones"], log_rhos, 0.9)
+    assert targets[:, 0].tolist() == pytest.approx([2.26, 1.4, 2.0])
+    assert adv[:, 0].tolist() == pytest.approx([1.76, 0.4, 1.8])
+
+
+def test_vtrace_on_policy_is_gae():
+    """pi = mu: the targets are GAE(lam)'s returns for any lam, and with lam = 1 the advantages too."""
+    gen = torch.Generator().manual_seed(0)
+    rewards, values, next_values = (torch.randn(6, 3, generator=gen) for _ in range(3))
+    dones = torch.rand(6, 3, generator=gen) < 0.3
+    for lam in (0.95, 1.0):
+        adv, targets = vtrace(rewards, values, next_values, dones, torch.zeros(6, 3), 0.9, lam)
+        gae_adv, gae_returns = gae(rewards, values, next_values, dones, 0.9, lam)
+        torch.testing.assert_close(targets, gae_returns)
+        if lam == 1.0:
+            torch.testing.assert_close(adv, gae_adv)
+    above = vtrace(rewards, values, next_values, dones, torch.full((6, 3), 1.0), 0.9, 1.0)[0]
+    torch.testing.assert_close(above, gae_adv)  # ratios e > 1 are truncated to rho_bar = c_bar = 1
+    below = vtrace(rewards, values, next_values, dones, torch.full((6, 3), -1.0), 0.9, 1.0)[0]
+    assert not torch.allclose(below, gae_adv)  # ratios 1/e weigh the deltas down
+
+
+def test_ppo_with_vtrace_learns_a_fresh_rollout_as_with_gae():
+    """Collected by the current weights, V-trace (lam = 1) gives PPO the advantages and targets GAE does, so one
+    update ends at the same weights; this checks the re-evaluation of the rollout under the current policy."""
+    from gbmr.agents.ppo import PPOAgent, PPOConfig
+
+    obs_space, action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32), gym.spaces.Discrete(3)
+    rng = np.random.default_rng(0)
+    obs = rng.uniform(-1, 1, (9, 2, 4)).astype(np.float32)
+    rewards, dones = rng.normal(size=(8, 2)), rng.random((8, 2)) < 0.2
+
+    def updated(correction):
+        torch.manual_seed(0)
+        agent = PPOAgent(PPOConfig(n_steps=8, num_minibatches=2, gae_lambda=1.0, correction=correction),
+                         obs_space, action_space, 2, torch.device("cpu"), seed=5, total_steps=1000)
+        for t in range(8):
+            actions = agent.act(obs[t])
+            agent.observe(obs[t], actions, rewards[t], obs[t + 1], dones[t], np.zeros(2, bool))
+        assert agent.update()
+        return agent.net.state_dict()
+
+    gae_weights, vtrace_weights = updated("clip"), updated("vtrace")
+    for name, tensor in gae_weights.items():
+        torch.testing.assert_close(vtrace_weights[name], tensor, atol=1e-6, rtol=1e-5)
 
 
 def test_reward_to_go_by_hand():

@@ -3,7 +3,8 @@
 A rollout of ``n_steps`` per env, GAE advantages, then ``update_epochs`` passes over it in ``num_minibatches``
 shuffled minibatches of the clipped surrogate, the (optionally clipped) value loss and an entropy bonus;
 advantages normalised per minibatch, learning rate annealed, gradients clipped, early stop at ``target_kl``.
-Discrete (categorical) and continuous (diagonal Gaussian) actions.
+Discrete (categorical) and continuous (diagonal Gaussian) actions. For rollouts collected by older weights (async
+distributed runs) ``correction=vtrace`` replaces GAE on the behaviour's values by V-trace on the current ones.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass
 import torch
 
 from gbmr.agents.policy_gradient import PolicyGradientAgent, PolicyGradientConfig, explained_variance, normalize
-from gbmr.core.errors import GbmrError
-from gbmr.memory.rollout import flatten_time, gae
+from gbmr.core.errors import GbmrError, unknown_choice
+from gbmr.memory.rollout import flatten_time, gae, vtrace
+
+CORRECTIONS = ("clip", "vtrace")
 
 
 @dataclass
@@ -30,6 +33,11 @@ class PPOConfig(PolicyGradientConfig):
     ent_coef: float = 0.01
     target_kl: float = 0.0  # 0 = no early stopping
     anneal_lr: bool = True
+    # clip: GAE on the values recorded while acting, the clipped ratio pi/mu as the only correction for stale
+    # data; vtrace: V-trace advantages and targets on the current values, ratios truncated at these bars
+    correction: str = "clip"
+    vtrace_rho_bar: float = 1.0
+    vtrace_c_bar: float = 1.0
 
 
 def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
@@ -63,6 +71,8 @@ class PPOAgent(PolicyGradientAgent):
         if config.n_steps < 1 or config.num_minibatches < 1:
             raise GbmrError(f"ppo needs n_steps >= 1 and num_minibatches >= 1, got {config.n_steps} and "
                             f"{config.num_minibatches}")
+        if config.correction not in CORRECTIONS:
+            raise unknown_choice("correction", config.correction, CORRECTIONS)
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
         units = self.training_units(config.n_steps)
         if units < config.num_minibatches:
@@ -74,13 +84,17 @@ class PPOAgent(PolicyGradientAgent):
 
     def learn(self) -> dict[str, float]:
         cfg, s = self.config, self.storage
-        with torch.no_grad():
-            advantages, returns = gae(s["rewards"], s["values"], s.next_values(), s["dones"], cfg.gamma,
-                                      cfg.gae_lambda)
-        old_log_probs, old_values = flatten_time(s["log_probs"]), flatten_time(s["values"])
-        advantages, returns = flatten_time(advantages), flatten_time(returns)
         units = self.training_units(s.size)
         minibatch = units // cfg.num_minibatches
+        old_log_probs = flatten_time(s["log_probs"])
+        with torch.no_grad():
+            if cfg.correction == "vtrace":
+                advantages, returns, old_values = self.vtrace_targets(minibatch)
+            else:
+                advantages, returns = gae(s["rewards"], s["values"], s.next_values(), s["dones"], cfg.gamma,
+                                          cfg.gae_lambda)
+                old_values = s["values"]
+        advantages, returns, old_values = flatten_time(advantages), flatten_time(returns), flatten_time(old_values)
         totals = torch.zeros(5, device=self.device)
         count = 0
         for _ in range(cfg.update_epochs):
@@ -102,6 +116,22 @@ class PPOAgent(PolicyGradientAgent):
         return {"policy_loss": means[0], "value_loss": means[1], "entropy": means[2], "approx_kl": means[3],
                 "clip_fraction": means[4], "explained_variance": explained_variance(old_values, returns),
                 "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def vtrace_targets(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(advantages, value targets, current values), [T, N], by V-trace from pi and V as they are now; the
+        bootstraps (truncations, the rollout's end) stay the values recorded while acting."""
+        s = self.storage
+        log_probs, values = (torch.empty(s.size * self.num_envs, device=self.device) for _ in range(2))
+        for units in torch.arange(self.training_units(s.size), device=self.device).split(chunk):
+            unit_log_probs, _, unit_values, idx = self.evaluate_units(units)
+            log_probs[idx], values[idx] = unit_log_probs, unit_values
+        log_probs, values = log_probs.view(s.size, -1), values.view(s.size, -1)
+        following = torch.cat((values[1:], s.last_values[None]), dim=0)
+        next_values = torch.where(s["dones"], s["bootstrap"], following)
+        cfg = self.config
+        advantages, targets = vtrace(s["rewards"], values, next_values, s["dones"], log_probs - s["log_probs"],
+                                     cfg.gamma, cfg.gae_lambda, cfg.vtrace_rho_bar, cfg.vtrace_c_bar)
+        return advantages, targets, values
 
     def training_units(self, rollout_steps: int) -> int:
         """How many things minibatches are drawn from: single steps here; sequences for a policy with memory."""

@@ -35,6 +35,30 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, 
     return advantages, advantages + values
 
 
+def vtrace(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
+           log_rhos: torch.Tensor, gamma: float, lam: float = 1.0, rho_bar: float = 1.0, c_bar: float = 1.0
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """V-trace (Espeholt et al. 2018, IMPALA): policy-gradient advantages and value targets for data collected
+    by a behaviour policy mu, learnt by pi; ``log_rhos`` = log pi(a|s) - log mu(a|s), ``values`` V(s_t) now.
+
+    rho_t = min(rho_bar, pi/mu), c_t = lam * min(c_bar, pi/mu); delta_t = rho_t (r_t + gamma next_value_t - V_t);
+    v_t = V_t + delta_t + gamma c_t (v_{t+1} - V_{t+1}), the sum cut where an episode ended; advantage
+    rho_t (r_t + gamma v_{t+1} - V_t) with v_{t+1} = next_value_t where the episode ended or the rollout does.
+    On-policy (pi = mu) the targets are GAE(lam)'s and, with lam = 1, so are the advantages."""
+    ratios = log_rhos.exp()
+    rhos, cs = ratios.clamp(max=rho_bar), lam * ratios.clamp(max=c_bar)
+    deltas = rhos * (rewards + gamma * next_values - values)
+    carry = gamma * cs * (~dones).to(rewards.dtype)
+    corrections = torch.empty_like(deltas)
+    running = torch.zeros_like(deltas[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = deltas[t] + carry[t] * running
+        corrections[t] = running
+    later = torch.cat((corrections[1:], torch.zeros_like(corrections[:1])), dim=0)  # v_{t+1} - V(s_{t+1})
+    following = next_values + torch.where(dones, 0.0, later)
+    return rhos * (rewards + gamma * following - values), values + corrections
+
+
 def discounted_returns(rewards: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
                        gamma: float) -> torch.Tensor:
     """Reward-to-go G_t = r_t + gamma * G_{t+1} inside an episode, r_t + gamma * next_value_t where it ended

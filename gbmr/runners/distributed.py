@@ -15,9 +15,10 @@ on-policy agent, whose env i samples from its own stream wherever it lives, the 
 (tests/test_distributed.py checks it). ``async`` mode keeps one batch in flight per actor (a bounded queue of
 ``actors`` batches); the learner takes whichever is ready, logs how many versions behind the learner's it was
 collected (``lag``), drops batches more than ``max_lag`` behind and learns from the rest: PPO's ratio against
-the stored behaviour log-probabilities, clipped, is the truncated importance weight; an off-policy learner
-needs no correction. Off-policy agents run async when their replay takes slices (DQN with one-step returns of
-whole observations; its n-step windows follow every env at each vector step).
+the stored behaviour log-probabilities, clipped, is the truncated importance weight, or (``correction=vtrace``)
+V-trace's truncated ratios correct its advantages and value targets; an off-policy learner needs none.
+Off-policy agents run async when their replay takes slices (DQN with one-step returns of whole observations;
+its n-step windows follow every env at each vector step).
 
 Faults: an actor that dies is replaced by a new one started from its state after the last batch the learner
 accepted, so no transition is counted twice and the step counter stays right. The learner checkpoints at batch
