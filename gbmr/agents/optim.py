@@ -18,3 +18,12 @@ def clip_grad_norm(grads: list[torch.Tensor], max_norm: float) -> None:
     gradients on one device, without its grouping by device and dtype, which costs ~30 us a call on a small net."""
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
+@torch.no_grad()
+def polyak_update(target: list[torch.Tensor], online: list[torch.Tensor], tau: float) -> None:
+    """target <- (1 - tau) target + tau online, for every parameter in one foreach call (tau = 1: a hard copy)."""
+    if tau >= 1.0:
+        torch._foreach_copy_(target, online)
+    else:
+        torch._foreach_lerp_(target, online, tau)
