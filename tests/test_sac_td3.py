@@ -252,19 +252,38 @@ def evaluations(run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("algo", "steps"), [("sac", 8000), ("td3", 12000)])
+@pytest.mark.parametrize(("algo", "steps"), [("sac", 5000), ("td3", 10000)])
 def test_learns_pendulum(tmp_path, algo, steps, one_thread):
-    """The classic preset reaches a greedy mean return >= -250 on Pendulum-v1 within 20k steps (seed 1)."""
+    """The classic preset reaches a greedy mean return >= -250 on Pendulum-v1 within 20k steps (seed 1): SAC by
+    5k steps, TD3 by 10k (random policies score ~-1200)."""
     run = tmp_path / "run"
     assert main(["train", "--algo", algo, "--env", "Pendulum-v1", "--seed", "1", "--total-steps", str(steps),
-                 "--no-progress", "--set", "eval_every=2000", "--run-dir", str(run)]) == 0
+                 "--no-progress", "--set", "eval_every=2500", "--run-dir", str(run)]) == 0
     assert evaluations(run)[-1] >= -250
 
 
 @pytest.mark.slow
 def test_ddpg_improves_on_pendulum(tmp_path, one_thread):
     run = tmp_path / "run"
-    assert main(["train", "--algo", "ddpg", "--env", "Pendulum-v1", "--seed", "1", "--total-steps", "10000",
+    assert main(["train", "--algo", "ddpg", "--env", "Pendulum-v1", "--seed", "1", "--total-steps", "8000",
                  "--no-progress", "--set", "eval_every=2000", "--run-dir", str(run)]) == 0
     returns = evaluations(run)
     assert returns[-1] > returns[0] + 300
+
+
+def test_adam_step_equals_optimizer_step():
+    from gbmr.agents.optim import adam_step, make_adam
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    optimizers = [make_adam(net.parameters(), 1e-2, CPU) for net in nets]
+    for t in range(4):
+        x = torch.randn(5, 3, generator=torch.Generator().manual_seed(t))
+        for net, optimizer, step in zip(nets, optimizers, (lambda o: o.step(), adam_step), strict=True):
+            optimizer.zero_grad()
+            net(x).square().sum().backward()
+            step(optimizer)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert optimizers[1].state[nets[1].weight]["step"].item() == 4

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from gbmr.agents.base import Agent
-from gbmr.agents.optim import make_adam, polyak_update
+from gbmr.agents.optim import adam_step, make_adam, polyak_update
 from gbmr.core.errors import GbmrError
 from gbmr.core.seeding import derive_seed
 from gbmr.core.state import rng_state, set_rng_state
@@ -189,7 +189,7 @@ class OffPolicyActorCritic(Agent):
         for param in params:  # zero_grad(set_to_none=True) without its profiler hooks
             param.grad = None
         loss.backward()
-        optimizer.step()
+        adam_step(optimizer)
 
     def randn(self, *shape: int) -> torch.Tensor:
         """Standard normal noise for an update, from the checkpointed generator."""

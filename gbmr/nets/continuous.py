@@ -44,6 +44,8 @@ class CriticEnsemble(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             self.weights.append(nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
+        # (weight, bias) per layer as a plain tuple: iterating ParameterLists costs ~40 us a forward
+        self._layers = tuple(zip(self.weights, self.biases, strict=True))
 
     def forward(self, x: torch.Tensor, detach_params: bool = False, members: int | None = None) -> torch.Tensor:
         """``detach_params``: gradients flow to ``x`` only (the actor's loss through the critics), which skips
@@ -51,8 +53,8 @@ class CriticEnsemble(nn.Module):
         critics (TD3's actor ascends Q_1 alone)."""
         n = self.n if members is None else members
         h = x.unsqueeze(0).expand(n, *x.shape)
-        last = len(self.weights) - 1
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+        last = len(self._layers) - 1
+        for i, (weight, bias) in enumerate(self._layers):
             if members is not None:
                 weight, bias = weight[:n], bias[:n]
             if detach_params:
