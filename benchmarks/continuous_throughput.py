@@ -1,7 +1,8 @@
 """SAC and TD3 training throughput: gbmr vs Stable-Baselines3, side by side in one run, same hyperparameters.
 
-Both sides use SB3's update scheme with MLPs [256, 256] for actor and critics, batch 256, buffer 1M, gamma 0.99,
-tau 0.005, lr 3e-4 for every optimiser, one gradient step per env step after ``--learning-starts`` random steps:
+Both sides use SB3's update scheme with MLPs [w, w] for actor and critics (w = 256, the default preset, and 64,
+the classic preset, with batches of 256 and 64), buffer 1M, gamma 0.99, tau 0.005, lr 3e-4 for every optimiser,
+one gradient step per env step after ``--learning-starts`` random steps:
 - SAC: the actor and the temperature (start 1, target entropy -dim(A)) updated at every critic update, targets
   at every update;
 - TD3: actor and targets every 2 critic updates, target smoothing 0.2 clipped at 0.5, Gaussian acting noise 0.1.
@@ -10,6 +11,7 @@ processes hits both alike. Both clocks cover making the env and the agent and tr
 checkpoint). Prints env-steps/s for both and the ratio.
 
     python benchmarks/continuous_throughput.py [--steps 5000] [--learning-starts 1000] [--repeats 3]
+                                               [--sizes 256x256 64x64]
 """
 
 from __future__ import annotations
@@ -33,22 +35,23 @@ OURS = {
 }
 
 
-def time_ours(algo: str, env_id: str, steps: int, learning_starts: int) -> float:
+def time_ours(algo: str, env_id: str, steps: int, learning_starts: int, width: int, batch: int) -> float:
     from gbmr.agents import agent_class
 
-    overrides = as_overrides({**OURS[algo], "learning_starts": learning_starts})
+    overrides = as_overrides({**OURS[algo], "learning_starts": learning_starts, "hidden": (width, width),
+                              "batch_size": batch})
     return time_gbmr(algo, agent_class(algo).Config, env_id, steps, overrides)
 
 
-def time_sb3(algo: str, env_id: str, steps: int, learning_starts: int) -> float:
+def time_sb3(algo: str, env_id: str, steps: int, learning_starts: int, width: int, batch: int) -> float:
     from stable_baselines3 import SAC, TD3
     from stable_baselines3.common.noise import NormalActionNoise
 
     start = time.perf_counter()  # like ours, the clock includes making the env and the agent
     env = make_env(env_id, seed=0)
     common = dict(learning_rate=3e-4, buffer_size=COMMON["buffer_size"], learning_starts=learning_starts,
-                  batch_size=COMMON["batch_size"], tau=COMMON["tau"], gamma=COMMON["gamma"], train_freq=1,
-                  gradient_steps=1, policy_kwargs=dict(net_arch=list(COMMON["hidden"])), seed=0, device="cpu",
+                  batch_size=batch, tau=COMMON["tau"], gamma=COMMON["gamma"], train_freq=1,
+                  gradient_steps=1, policy_kwargs=dict(net_arch=[width, width]), seed=0, device="cpu",
                   verbose=0)
     if algo == "sac":
         model = SAC("MlpPolicy", env, ent_coef="auto_1.0", target_update_interval=1, **common)
@@ -67,17 +70,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--algos", nargs="+", default=["sac", "td3"])
     parser.add_argument("--env", default="Pendulum-v1")
+    parser.add_argument("--sizes", nargs="+", default=["256x256", "64x64"],
+                        help="MLP width x batch size pairs (the default preset's, the classic preset's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"{args.env}, {args.steps} env steps ({args.learning_starts} random first), SB3's update scheme, "
-          f"MLPs [256, 256], batch 256, 1 torch thread, best of {args.repeats}\n")
-    print("| algorithm | gbmr steps/s | SB3 steps/s | ratio |")
-    print("|---|---:|---:|---:|")
+          f"1 torch thread, best of {args.repeats}\n")
+    print("| algorithm | MLP | batch | gbmr steps/s | SB3 steps/s | ratio |")
+    print("|---|---|---:|---:|---:|---:|")
     warm_up(args.env)
-    for algo in args.algos:
-        ours, theirs = compare(partial(time_ours, algo, args.env, args.steps, args.learning_starts),
-                               partial(time_sb3, algo, args.env, args.steps, args.learning_starts), args.repeats)
-        print(f"| {algo} | {ours:,.1f} | {theirs:,.1f} | {ours / theirs:.2f}x |", flush=True)
+    for size in args.sizes:
+        width, batch = (int(x) for x in size.split("x"))
+        for algo in args.algos:
+            run = (algo, args.env, args.steps, args.learning_starts, width, batch)
+            ours, theirs = compare(partial(time_ours, *run), partial(time_sb3, *run), args.repeats)
+            print(f"| {algo} | [{width}, {width}] | {batch} | {ours:,.1f} | {theirs:,.1f} | {ours / theirs:.2f}x |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -287,3 +287,13 @@ def test_adam_step_equals_optimizer_step():
     for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
         assert torch.equal(a, b)
     assert optimizers[1].state[nets[1].weight]["step"].item() == 4
+
+
+def test_mujoco_hopper_runs_when_installed(tmp_path, one_thread):
+    pytest.importorskip("mujoco")
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "sac", "--env", "Hopper-v5", "--total-steps", "200", "--no-progress",
+                 "--set", "learning_starts=100", "--set", "batch_size=16", "--set", "hidden=[16]",
+                 "--set", "eval_every=200", "--set", "eval_episodes=1", "--run-dir", str(run)]) == 0
+    config = (run / "config.yaml").read_text()
+    assert "preset: default" in config and "q_lr: 0.001" in config  # CleanRL's SAC settings for the gym family
