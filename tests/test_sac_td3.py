@@ -297,3 +297,20 @@ def test_mujoco_hopper_runs_when_installed(tmp_path, one_thread):
                  "--set", "eval_every=200", "--set", "eval_episodes=1", "--run-dir", str(run)]) == 0
     config = (run / "config.yaml").read_text()
     assert "preset: default" in config and "q_lr: 0.001" in config  # CleanRL's SAC settings for the gym family
+
+
+def test_sac_temperature_step_follows_the_loss_gradient():
+    """The agent sets d loss / d log alpha to the loss itself (exact: the loss is -alpha x a constant)."""
+    agent = make(SACAgent, SACConfig(hidden=(8,), learning_starts=0))
+    log_alpha = agent.temperature.log_alpha.detach().clone().requires_grad_(True)
+    obs = batch()[0]
+    state = agent.generator.get_state()
+    with torch.no_grad():
+        _, log_pi = agent.actor.sample(obs, torch.randn(5, 2, generator=agent.generator))
+    agent.generator.set_state(state)
+    temperature_loss(log_alpha, log_pi, agent.target_entropy).backward()
+    reference = torch.optim.Adam([log_alpha], lr=agent.config.q_lr)
+    reference.step()
+    agent._actor_step(obs)
+    assert agent.temperature.log_alpha.item() == pytest.approx(log_alpha.item(), abs=1e-7)
+    assert agent.temperature.log_alpha.item() != 0.0

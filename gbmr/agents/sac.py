@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gbmr.agents.off_policy_ac import OffPolicyActorCritic, OffPolicyConfig, critic_loss
+from gbmr.agents.optim import adam_step
 from gbmr.nets.continuous import CategoricalActor, CriticEnsemble, SquashedGaussianActor
 
 
@@ -167,9 +168,12 @@ class SACAgent(OffPolicyActorCritic):
         self.optimise(loss, self.actor_params, self.actor_optimizer)
         metrics = {"actor_loss": loss.detach(), "entropy": entropy}
         if self.config.autotune:
-            alpha_loss = temperature_loss(self.temperature.log_alpha, log_pi, self.target_entropy, probs)
-            self.optimise(alpha_loss, [self.temperature.log_alpha], self.alpha_optimizer)
-            self.alpha = self.temperature.log_alpha.detach().exp()
+            log_alpha = self.temperature.log_alpha
+            with torch.no_grad():  # the loss is linear in alpha = exp(log alpha): its gradient is the loss itself
+                alpha_loss = temperature_loss(log_alpha, log_pi, self.target_entropy, probs)
+            log_alpha.grad = alpha_loss.clone()
+            adam_step(self.alpha_optimizer)
+            self.alpha = log_alpha.detach().exp()
             metrics["alpha_loss"] = alpha_loss.detach()
         metrics["alpha"] = self.alpha
         return metrics
