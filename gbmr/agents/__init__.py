@@ -24,6 +24,9 @@ ALGORITHMS: dict[str, str] = {
     "a2c": "gbmr.agents.a2c:A2CAgent",
     "ppo": "gbmr.agents.ppo:PPOAgent",
     "ppo-transformer": "gbmr.agents.ppo_transformer:PPOTransformerAgent",
+    "sac": "gbmr.agents.sac:SACAgent",
+    "td3": "gbmr.agents.td3:TD3Agent",
+    "ddpg": "gbmr.agents.ddpg:DDPGAgent",
 }
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gbmr.core.errors import GbmrError, unknown_choice
+from gbmr.nets.action_scaling import BoxScaling, clip_to_box
 from gbmr.nets.torsos import make_torso
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -72,8 +73,9 @@ class GaussianHead(nn.Module):
         self.action_shape = (dim,)
         self.action_dtype = torch.float32
         self.env_shape = action_space.shape
-        self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32).reshape(dim))
-        self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32).reshape(dim))
+        scaling = BoxScaling(action_space)
+        self.register_buffer("low", torch.from_numpy(scaling.low))
+        self.register_buffer("high", torch.from_numpy(scaling.high))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear(features)
@@ -97,7 +99,7 @@ class GaussianHead(nn.Module):
         return per_dim.sum().expand(mean.shape[:-1])
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
-        clipped = torch.maximum(torch.minimum(actions, self.high), self.low)
+        clipped = clip_to_box(actions, self.low, self.high)
         return clipped.cpu().numpy().reshape(len(actions), *self.env_shape)
 
 

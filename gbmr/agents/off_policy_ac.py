@@ -1,0 +1,221 @@
+"""What the off-policy actor-critics (SAC, TD3, DDPG) share: replay, the warm-up of random actions, acting in
+the normalised action cube, the update schedule, Polyak targets, and checkpoint state.
+
+Continuous actions live in [-1, 1]^d everywhere inside the agent (actor outputs, noise, replay, critics);
+``BoxScaling`` maps them to the env's bounds and back. Env i's exploration (warm-up actions, acting noise)
+draws from its own numpy stream (seed, EXPLORE_STREAM, i), as the policy-gradient agents sample, so a
+distributed actor holding envs 2-3 acts on them as one process does. The updates draw their noise (SAC's
+reparameterisation, TD3's target smoothing) from one torch Generator whose state is checkpointed: resumed runs
+equal uninterrupted ones.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from gbmr.agents.base import Agent
+from gbmr.agents.optim import adam_step, make_adam, polyak_update
+from gbmr.core.errors import GbmrError
+from gbmr.core.seeding import derive_seed
+from gbmr.core.state import rng_state, set_rng_state
+from gbmr.memory.replay import ReplayBuffer
+from gbmr.nets.action_scaling import BoxScaling, require_bounded_box
+
+REPLAY_STREAM = 1
+EXPLORE_STREAM = 3  # env i's warm-up actions and acting noise: stream (3, i)
+LEARN_STREAM = 4  # the torch Generator of the updates' noise
+
+
+@dataclass
+class OffPolicyConfig:
+    """CleanRL's shared defaults (sac_continuous_action.py, td3_continuous_action.py, ddpg_continuous_action.py)."""
+
+    gamma: float = 0.99
+    tau: float = 0.005  # Polyak rate of the target networks
+    buffer_size: int = 1_000_000
+    batch_size: int = 256
+    learning_starts: int = 25_000  # env steps of uniform random actions before the first update
+    train_freq: int = 1  # env steps between update phases
+    gradient_steps: int = 1  # critic updates per phase
+    policy_frequency: int = 2  # critic updates per actor update (TD3's delay)
+    policy_lr: float = 3e-4
+    q_lr: float = 3e-4
+    adam_eps: float = 1e-8
+    hidden: tuple[int, ...] = (256, 256)
+
+
+def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The sum over the ensemble ``q`` [n, B] of each critic's mean squared error (CleanRL's qf1_loss + qf2_loss)."""
+    return (q - target).square().mean(dim=-1).sum()
+
+
+class OffPolicyActorCritic(Agent):
+    """Subclasses build their nets in ``build`` and define acting (``policy_actions``) and one ``gradient_step``."""
+
+    distributed = "off-policy"
+    discrete_ok = False  # discrete SAC: Discrete action spaces too
+
+    @classmethod
+    def check_spaces(cls, observation_space: gym.Space, action_space: gym.Space) -> None:
+        name = cls.__name__.removesuffix("Agent").lower()
+        if not isinstance(observation_space, gym.spaces.Box):
+            raise GbmrError(f"{name} needs a Box observation space, got {observation_space}")
+        if cls.discrete_ok and isinstance(action_space, gym.spaces.Discrete):
+            return
+        if cls.discrete_ok and not isinstance(action_space, gym.spaces.Box):
+            raise GbmrError(f"{name} needs a Box or Discrete action space, got {action_space}")
+        require_bounded_box(name, action_space)
+
+    def __init__(self, config, observation_space, action_space, num_envs, device, seed, total_steps):
+        super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
+        if config.policy_frequency < 1 or config.train_freq < 1 or config.gradient_steps < 1:
+            raise GbmrError("policy_frequency, train_freq and gradient_steps must be >= 1")
+        self.obs_dim = int(np.prod(observation_space.shape))
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            self.action_dim = int(action_space.n)
+            self.scaling = None
+            action_shape, action_dtype = (), np.int64
+        else:
+            self.scaling = BoxScaling(action_space)
+            self.action_dim = self.scaling.dim
+            action_shape, action_dtype = (self.action_dim,), np.float32
+        self.buffer = ReplayBuffer(
+            capacity=config.buffer_size, obs_shape=observation_space.shape, obs_dtype=observation_space.dtype,
+            action_shape=action_shape, action_dtype=action_dtype, num_envs=num_envs, gamma=config.gamma,
+            seed=derive_seed(seed, REPLAY_STREAM),
+        )
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(derive_seed(seed, LEARN_STREAM))
+        self.seed = seed
+        self.assign_envs(np.arange(num_envs))
+        self.updates = 0  # critic updates so far
+        self._last_train = 0
+        self.build()
+
+    # ------------------------------------------------------------------ what each algorithm defines
+    @abstractmethod
+    def build(self) -> None:
+        """Make the nets and optimisers."""
+
+    @abstractmethod
+    def policy_actions(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+        """[B, d] actions in [-1, 1] (or [B] action indices) for flat float observations, in inference mode."""
+
+    @abstractmethod
+    def gradient_step(self, obs: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor,
+                      next_obs: torch.Tensor, discounts: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One update on a replay batch; metrics as 0-d tensors (turned to floats once per update)."""
+
+    @abstractmethod
+    def checkpointed(self) -> dict[str, Any]:
+        """The nets and optimisers (anything with state_dict/load_state_dict) a checkpoint holds, by name."""
+
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        return self.actor.state_dict()
+
+    def load_policy_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.actor.load_state_dict(weights)
+
+    # ------------------------------------------------------------------ acting
+    def assign_envs(self, env_ids: np.ndarray) -> None:
+        """Draw env k's exploration from the stream of env ``env_ids[k]`` of the run (distributed actors)."""
+        self.explore_rngs = [np.random.default_rng(derive_seed(self.seed, EXPLORE_STREAM, int(i))) for i in env_ids]
+
+    def acting_rngs(self) -> list[np.random.Generator]:
+        return self.explore_rngs
+
+    def normal_noise(self) -> torch.Tensor:
+        """[num_envs, d] standard normal draws, row k from env k's stream."""
+        noise = np.stack([rng.standard_normal(self.action_dim, dtype=np.float32) for rng in self.explore_rngs])
+        return torch.from_numpy(noise).to(self.device)
+
+    def random_actions(self) -> np.ndarray:
+        """CleanRL's warm-up: uniform over the action space (over the cube, then scaled, for a Box)."""
+        if self.discrete:
+            return np.array([rng.integers(self.action_dim) for rng in self.explore_rngs], dtype=np.int64)
+        unit = np.stack([rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32) for rng in self.explore_rngs])
+        return self.scaling.to_env(unit)
+
+    def flat_obs(self, obs: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(obs, device=self.device).reshape(len(obs), self.obs_dim).float()
+
+    def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
+        if explore and self.steps < self.config.learning_starts:
+            return self.random_actions()
+        with torch.inference_mode():
+            actions = self.policy_actions(self.flat_obs(obs), explore).cpu().numpy()
+        return actions if self.discrete else self.scaling.to_env(actions)
+
+    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+        stored = np.asarray(actions, dtype=np.int64) if self.discrete else self.scaling.from_env(actions)
+        self.buffer.add(obs, stored, rewards, next_obs, terminated, truncated)
+        self.steps += self.num_envs
+        done = np.asarray(terminated) | np.asarray(truncated)
+        if done.any():
+            self.episodes_ended(done)
+
+    def episodes_ended(self, done: np.ndarray) -> None:  # noqa: B027 - an optional hook
+        """Envs whose episode just ended (DDPG's OU noise restarts)."""
+
+    # ------------------------------------------------------------------ learning
+    def update(self) -> dict[str, float]:
+        cfg = self.config
+        if self.steps < cfg.learning_starts or self.steps - self._last_train < cfg.train_freq:
+            return {}
+        self._last_train = self.steps
+        for _ in range(cfg.gradient_steps):
+            batch = self.buffer.sample(cfg.batch_size)
+            device = self.device
+            actions = torch.from_numpy(batch.actions).to(device)
+            metrics = self.gradient_step(
+                self.flat_obs(batch.obs), actions, torch.from_numpy(batch.returns).to(device),
+                self.flat_obs(batch.next_obs), torch.from_numpy(batch.discounts).to(device),
+            )
+            self.updates += 1
+        return dict(zip(metrics, torch.stack(list(metrics.values())).tolist(), strict=True))
+
+    def adam(self, params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+        return make_adam(params, lr, self.device, eps=self.config.adam_eps)
+
+    @staticmethod
+    def optimise(loss: torch.Tensor, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+        for param in params:  # zero_grad(set_to_none=True) without its profiler hooks
+            param.grad = None
+        loss.backward()
+        adam_step(optimizer)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """Standard normal noise for an update, from the checkpointed generator."""
+        return torch.randn(*shape, generator=self.generator, device=self.device)
+
+    def soft_update(self, target: torch.nn.Module, online: torch.nn.Module) -> None:
+        polyak_update(list(target.parameters()), list(online.parameters()), self.config.tau)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            **{name: obj.state_dict() for name, obj in self.checkpointed().items()},
+            "buffer": self.buffer.state_dict(),
+            "generator": self.generator.get_state(),
+            "explore": [rng_state(r) for r in self.explore_rngs],
+            "rng": rng_state(self.rng),
+            "counters": {"steps": self.steps, "updates": self.updates, "last_train": self._last_train},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, obj in self.checkpointed().items():
+            obj.load_state_dict(state[name])
+        self.buffer.load_state_dict(state["buffer"])
+        self.generator.set_state(state["generator"])
+        for rng, saved in zip(self.explore_rngs, state["explore"], strict=True):
+            set_rng_state(rng, saved)
+        set_rng_state(self.rng, state["rng"])
+        counters = state["counters"]
+        self.steps, self.updates, self._last_train = counters["steps"], counters["updates"], counters["last_train"]

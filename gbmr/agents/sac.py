@@ -1,0 +1,179 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018) and discrete SAC (Christodoulou 2019).
+
+Continuous: a squashed Gaussian actor in [-1, 1]^d, twin critics (one batched ensemble) with Polyak targets,
+the soft target ``r + discount * (min_j Q'_j(s', u') - alpha log pi(u'|s'))`` with u' ~ pi(.|s'), an actor that
+minimises ``alpha log pi(u|s) - min_j Q_j(s, u)``, and the temperature tuned towards the target entropy
+(-dim(A) by default; the log-probabilities are those of the normalised actions, as in SB3). CleanRL's
+defaults (sac_continuous_action.py): actor lr 3e-4, critic and temperature lr 1e-3, batch 256, tau 0.005,
+5000 warm-up steps, ``policy_frequency`` 2 actor updates every 2 critic updates.
+
+Discrete (a Discrete action space; CleanRL's sac_atari.py): critics output Q(s, .), expectations over the
+policy's probabilities replace the sampled actions, and the target entropy is ``target_entropy_scale`` x
+log |A|.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gbmr.agents.off_policy_ac import OffPolicyActorCritic, OffPolicyConfig, critic_loss
+from gbmr.agents.optim import adam_step
+from gbmr.nets.continuous import CategoricalActor, CriticEnsemble, SquashedGaussianActor
+
+
+@dataclass
+class SACConfig(OffPolicyConfig):
+    learning_starts: int = 5_000
+    q_lr: float = 1e-3
+    autotune: bool = True  # learn the temperature alpha
+    alpha: float = 0.2  # the fixed temperature without autotune
+    alpha_init: float = 1.0  # the learnt temperature's start (CleanRL's and SB3's log alpha = 0)
+    target_entropy: float | None = None  # None: -dim(A) for a Box, target_entropy_scale * log|A| for Discrete
+    target_entropy_scale: float = 0.89
+    target_network_frequency: int = 1  # critic updates between Polyak updates
+
+
+def soft_q_target(returns: torch.Tensor, discounts: torch.Tensor, next_q: torch.Tensor, next_log_pi: torch.Tensor,
+                  alpha: torch.Tensor) -> torch.Tensor:
+    """y = r + discount * (min_j next_q[j] - alpha * log pi(u'|s')): ``next_q`` [n, B] at sampled u' ~ pi(.|s')."""
+    return returns + discounts * (next_q.amin(dim=0) - alpha * next_log_pi)
+
+
+def discrete_soft_q_target(returns: torch.Tensor, discounts: torch.Tensor, next_q: torch.Tensor,
+                           next_logits: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """y = r + discount * sum_a pi(a|s') (min_j next_q[j, :, a] - alpha log pi(a|s')), ``next_q`` [n, B, A]."""
+    log_pi = F.log_softmax(next_logits, dim=-1)
+    return returns + discounts * (log_pi.exp() * (next_q.amin(dim=0) - alpha * log_pi)).sum(dim=-1)
+
+
+def temperature_loss(log_alpha: torch.Tensor, log_pi: torch.Tensor, target_entropy: float,
+                     probs: torch.Tensor | None = None) -> torch.Tensor:
+    """-alpha (log pi + H_target), averaged over the batch (and weighted by pi's probabilities for discrete
+    SAC): alpha grows while the policy's entropy -log pi is below the target, shrinks above it."""
+    per_action = -log_alpha.exp() * (log_pi.detach() + target_entropy)
+    if probs is not None:
+        per_action = (probs.detach() * per_action).sum(dim=-1)
+    return per_action.mean()
+
+
+class Temperature(nn.Module):
+    """log alpha as a module, so it checkpoints and optimises as the nets do."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha), dtype=torch.float32))
+
+
+class SACAgent(OffPolicyActorCritic):
+    Config = SACConfig
+    metric_names = ("qf_loss", "q_mean", "actor_loss", "alpha", "alpha_loss", "entropy")
+    discrete_ok = True
+
+    def build(self) -> None:
+        cfg, device = self.config, self.device
+        if self.discrete:
+            self.actor = CategoricalActor(self.obs_dim, self.action_dim, cfg.hidden).to(device)
+            self.critic = CriticEnsemble(2, self.obs_dim, cfg.hidden, self.action_dim).to(device)
+            default_entropy = cfg.target_entropy_scale * math.log(self.action_dim)
+        else:
+            self.actor = SquashedGaussianActor(self.obs_dim, self.action_dim, cfg.hidden).to(device)
+            self.critic = CriticEnsemble(2, self.obs_dim + self.action_dim, cfg.hidden).to(device)
+            default_entropy = -float(self.action_dim)
+        self.target_entropy = default_entropy if cfg.target_entropy is None else float(cfg.target_entropy)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
+        self.actor_optimizer = self.adam(self.actor_params, cfg.policy_lr)
+        self.critic_optimizer = self.adam(self.critic_params, cfg.q_lr)
+        self.temperature = Temperature(cfg.alpha_init if cfg.autotune else cfg.alpha).to(device)
+        self.temperature.requires_grad_(cfg.autotune)
+        self.alpha_optimizer = self.adam([self.temperature.log_alpha], cfg.q_lr)
+        self.alpha = self.temperature.log_alpha.detach().exp()
+
+    def checkpointed(self) -> dict:
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
+                "temperature": self.temperature, "actor_optimizer": self.actor_optimizer,
+                "critic_optimizer": self.critic_optimizer, "alpha_optimizer": self.alpha_optimizer}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.alpha = self.temperature.log_alpha.detach().exp()
+
+    def policy_actions(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+        if self.discrete:
+            logits = self.actor(obs)
+            if not explore:
+                return logits.argmax(dim=-1)
+            return (logits - self._exp_noise().log()).argmax(dim=-1)  # Gumbel-max: a draw from softmax(logits)
+        if not explore:
+            return self.actor.greedy(obs)
+        return self.actor.sample(obs, self.normal_noise())[0]
+
+    def _exp_noise(self) -> torch.Tensor:
+        """[num_envs, A] Exp(1) draws, row k from env k's stream (the Gumbel-max trick's -log E is Gumbel)."""
+        noise = np.stack([rng.standard_exponential(self.action_dim, dtype=np.float32) for rng in self.explore_rngs])
+        return torch.from_numpy(noise).to(self.device)
+
+    # ------------------------------------------------------------------ learning
+    def gradient_step(self, obs, actions, returns, next_obs, discounts) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        metrics = self._critic_step(obs, actions, returns, next_obs, discounts)
+        if self.updates % cfg.policy_frequency == 0:  # actor metrics only where the actor learned
+            for _ in range(cfg.policy_frequency):  # CleanRL: the delayed actor catches up with as many steps
+                metrics.update(self._actor_step(obs))
+        if self.updates % cfg.target_network_frequency == 0:
+            self.soft_update(self.critic_target, self.critic)
+        return metrics
+
+    def _critic_step(self, obs, actions, returns, next_obs, discounts) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            if self.discrete:
+                target = discrete_soft_q_target(returns, discounts, self.critic_target(next_obs),
+                                                self.actor(next_obs), self.alpha)
+            else:
+                next_u, next_log_pi = self.actor.sample(next_obs, self.randn(len(next_obs), self.action_dim))
+                next_q = self.critic_target(torch.cat((next_obs, next_u), dim=1)).squeeze(-1)
+                target = soft_q_target(returns, discounts, next_q, next_log_pi, self.alpha)
+        if self.discrete:
+            index = actions.long().view(1, -1, 1).expand(2, -1, 1)
+            q = self.critic(obs).gather(2, index).squeeze(-1)
+        else:
+            q = self.critic(torch.cat((obs, actions), dim=1)).squeeze(-1)
+        loss = critic_loss(q, target)
+        self.optimise(loss, self.critic_params, self.critic_optimizer)
+        return {"qf_loss": loss.detach(), "q_mean": q.detach().mean()}
+
+    def _actor_step(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        alpha = self.alpha
+        if self.discrete:
+            logits = self.actor(obs)
+            log_pi = F.log_softmax(logits, dim=-1)
+            probs = log_pi.exp()
+            with torch.no_grad():
+                q = self.critic(obs).amin(dim=0)
+            loss = (probs * (alpha * log_pi - q)).sum(dim=-1).mean()
+            entropy = -(probs * log_pi).sum(dim=-1).mean().detach()
+        else:
+            u, log_pi = self.actor.sample(obs, self.randn(len(obs), self.action_dim))
+            q = self.critic(torch.cat((obs, u), dim=1), detach_params=True).squeeze(-1).amin(dim=0)
+            loss = (alpha * log_pi - q).mean()
+            probs = None
+            entropy = -log_pi.detach().mean()
+        self.optimise(loss, self.actor_params, self.actor_optimizer)
+        metrics = {"actor_loss": loss.detach(), "entropy": entropy}
+        if self.config.autotune:
+            log_alpha = self.temperature.log_alpha
+            with torch.no_grad():  # the loss is linear in alpha = exp(log alpha): its gradient is the loss itself
+                alpha_loss = temperature_loss(log_alpha, log_pi, self.target_entropy, probs)
+            log_alpha.grad = alpha_loss.clone()
+            adam_step(self.alpha_optimizer)
+            self.alpha = log_alpha.detach().exp()
+            metrics["alpha_loss"] = alpha_loss.detach()
+        metrics["alpha"] = self.alpha
+        return metrics

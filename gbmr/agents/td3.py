@@ -1,0 +1,127 @@
+"""TD3 (Fujimoto et al. 2018), and the deterministic actor-critic DDPG (ddpg.py) shares with it.
+
+A deterministic tanh actor in [-1, 1]^d explores with Gaussian noise (``exploration_noise`` x N(0, 1), clipped
+to the cube; or Ornstein-Uhlenbeck noise). ``n_critics`` critics in one batched ensemble learn
+``r + discount * min_j Q'_j(s', clip(mu'(s') + clip(policy_noise x N(0, 1), +-noise_clip), -1, 1))``: clipped
+double Q (n_critics = 2) with target policy smoothing (policy_noise > 0). Every ``policy_frequency`` critic
+updates the actor ascends Q_1(s, mu(s)) and the targets move by Polyak averaging. CleanRL's defaults
+(td3_continuous_action.py): lr 3e-4, batch 256, tau 0.005, 25k warm-up steps, noise 0.1, smoothing 0.2 clipped
+at 0.5, delay 2. DDPG is the same with one critic and no smoothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gbmr.agents.off_policy_ac import OffPolicyActorCritic, OffPolicyConfig, critic_loss
+from gbmr.core.errors import unknown_choice
+from gbmr.nets.continuous import CriticEnsemble, DeterministicActor
+
+NOISE_TYPES = ("gaussian", "ou")
+
+
+@dataclass
+class TD3Config(OffPolicyConfig):
+    n_critics: int = 2  # 2: clipped double Q; 1: DDPG's single critic
+    policy_noise: float = 0.2  # std of the target policy smoothing (0: none)
+    noise_clip: float = 0.5
+    exploration_noise: float = 0.1  # std (gaussian) or sigma (ou) of the acting noise, in [-1, 1] units
+    noise_type: str = "gaussian"  # gaussian | ou (Ornstein-Uhlenbeck, restarted at each episode)
+    ou_theta: float = 0.15  # SB3's OrnsteinUhlenbeckActionNoise defaults
+    ou_dt: float = 1e-2
+
+
+def smoothed_target_actions(target_actions: torch.Tensor, noise: torch.Tensor, policy_noise: float,
+                            noise_clip: float) -> torch.Tensor:
+    """clip(mu'(s') + clip(policy_noise * noise, -noise_clip, noise_clip), -1, 1) for standard normal noise."""
+    smoothing = (policy_noise * noise).clamp(-noise_clip, noise_clip)
+    return (target_actions + smoothing).clamp(-1.0, 1.0)
+
+
+def clipped_double_q_target(returns: torch.Tensor, discounts: torch.Tensor, next_q: torch.Tensor) -> torch.Tensor:
+    """y = r + discount * min_j next_q[j] (``next_q`` [n, B]; n = 1 is DDPG's plain target)."""
+    return returns + discounts * next_q.amin(dim=0)
+
+
+class TD3Agent(OffPolicyActorCritic):
+    Config = TD3Config
+    metric_names = ("qf_loss", "q_mean", "actor_loss")
+
+    def build(self) -> None:
+        cfg, device = self.config, self.device
+        if cfg.noise_type not in NOISE_TYPES:
+            raise unknown_choice("noise_type", cfg.noise_type, NOISE_TYPES)
+        self.actor = DeterministicActor(self.obs_dim, self.action_dim, cfg.hidden).to(device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic = CriticEnsemble(cfg.n_critics, self.obs_dim + self.action_dim, cfg.hidden).to(device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
+        self.actor_optimizer = self.adam(self.actor_params, cfg.policy_lr)
+        self.critic_optimizer = self.adam(self.critic_params, cfg.q_lr)
+        self.ou_state = np.zeros((self.num_envs, self.action_dim), dtype=np.float32)
+        self.actor_updates = 0
+
+    def checkpointed(self) -> dict:
+        return {"actor": self.actor, "actor_target": self.actor_target, "critic": self.critic,
+                "critic_target": self.critic_target, "actor_optimizer": self.actor_optimizer,
+                "critic_optimizer": self.critic_optimizer}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "ou_state": torch.from_numpy(self.ou_state.copy()),
+                "actor_updates": self.actor_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.ou_state[:] = state["ou_state"].numpy()
+        self.actor_updates = state["actor_updates"]
+
+    # ------------------------------------------------------------------ acting
+    def policy_actions(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
+        actions = self.actor(obs)
+        if not explore:
+            return actions
+        return (actions + self.exploration()).clamp(-1.0, 1.0)
+
+    def exploration(self) -> torch.Tensor:
+        """This step's acting noise, [num_envs, d], from each env's stream."""
+        cfg = self.config
+        if cfg.noise_type == "gaussian":
+            return cfg.exploration_noise * self.normal_noise()
+        # x <- x + theta (0 - x) dt + sigma sqrt(dt) N(0, 1)  (SB3's OrnsteinUhlenbeckActionNoise, mean 0)
+        drift = -cfg.ou_theta * self.ou_state * cfg.ou_dt
+        self.ou_state += drift + cfg.exploration_noise * np.sqrt(cfg.ou_dt) * self.normal_noise().cpu().numpy()
+        return torch.from_numpy(self.ou_state.copy()).to(self.device)
+
+    def episodes_ended(self, done: np.ndarray) -> None:
+        self.ou_state[done] = 0.0
+
+    # ------------------------------------------------------------------ learning
+    def gradient_step(self, obs, actions, returns, next_obs, discounts) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        with torch.no_grad():
+            next_u = self.actor_target(next_obs)
+            if cfg.policy_noise > 0:
+                next_u = smoothed_target_actions(next_u, self.randn(*next_u.shape), cfg.policy_noise, cfg.noise_clip)
+            next_q = self.critic_target(torch.cat((next_obs, next_u), dim=1)).squeeze(-1)
+            target = clipped_double_q_target(returns, discounts, next_q)
+        q = self.critic(torch.cat((obs, actions), dim=1)).squeeze(-1)
+        loss = critic_loss(q, target)
+        self.optimise(loss, self.critic_params, self.critic_optimizer)
+        metrics = {"qf_loss": loss.detach(), "q_mean": q.detach().mean()}
+        if self.updates % cfg.policy_frequency == 0:  # actor metrics only where the actor learned
+            metrics["actor_loss"] = self._actor_step(obs)
+            self.soft_update(self.actor_target, self.actor)
+            self.soft_update(self.critic_target, self.critic)
+        return metrics
+
+    def _actor_step(self, obs: torch.Tensor) -> torch.Tensor:
+        """Ascend Q_1(s, mu(s)) (the first critic, as in the paper), gradients to the actor only."""
+        q = self.critic(torch.cat((obs, self.actor(obs)), dim=1), detach_params=True, members=1)[0].squeeze(-1)
+        loss = -q.mean()
+        self.optimise(loss, self.actor_params, self.actor_optimizer)
+        self.actor_updates += 1
+        return loss.detach()

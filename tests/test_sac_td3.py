@@ -1,0 +1,316 @@
+"""SAC, TD3 and DDPG: targets, temperature loss, smoothing and delays on hand-made batches; action scaling;
+the spaces they refuse; exact resume; distributed sync; learning on Pendulum (slow)."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from run_helpers import kill_twice, read_rows
+
+from gbmr.agents.ddpg import DDPGAgent, DDPGConfig
+from gbmr.agents.sac import SACAgent, SACConfig, discrete_soft_q_target, soft_q_target, temperature_loss
+from gbmr.agents.td3 import TD3Agent, TD3Config, clipped_double_q_target, smoothed_target_actions
+from gbmr.cli import main
+from gbmr.core.errors import GbmrError
+from gbmr.core.run_dir import RunDir
+from gbmr.nets.action_scaling import BoxScaling
+from gbmr.nets.continuous import CriticEnsemble, squashed_sample
+from gbmr.nets.policies import GaussianHead
+
+OBS = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+ACT = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))
+CPU = torch.device("cpu")
+
+
+def make(cls, config, action_space=ACT, num_envs=1, seed=0):
+    return cls(config, OBS, action_space, num_envs=num_envs, device=CPU, seed=seed, total_steps=1000)
+
+
+def batch(n=5, dim=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, generator=g) * 2 - 1, torch.rand(n, dim, generator=g) * 2 - 1,
+            torch.randn(n, generator=g), torch.rand(n, 3, generator=g) * 2 - 1,
+            torch.tensor([0.99, 0.0, 0.99, 0.99, 0.0])[:n])
+
+
+def member(critic: CriticEnsemble, j: int, x: torch.Tensor) -> torch.Tensor:
+    """Critic j alone, as a plain MLP: x @ W + b, ReLU between layers."""
+    for i, (w, b) in enumerate(zip(critic.weights, critic.biases, strict=True)):
+        x = x @ w[j] + b[j, 0]
+        if i < len(critic.weights) - 1:
+            x = torch.relu(x)
+    return x.squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------- targets by hand
+def test_soft_q_target_by_hand():
+    returns, discounts = torch.tensor([1.0, 0.5]), torch.tensor([0.99, 0.0])
+    next_q = torch.tensor([[2.0, 3.0], [1.0, 5.0]])  # [critic, batch]
+    y = soft_q_target(returns, discounts, next_q, torch.tensor([-1.0, 0.5]), torch.tensor(0.2))
+    # 1 + 0.99 * (min(2, 1) - 0.2 * -1) = 2.188; a terminal step keeps its reward only
+    assert torch.allclose(y, torch.tensor([2.188, 0.5]))
+
+
+def test_discrete_soft_q_target_by_hand():
+    next_q = torch.tensor([[[1.0, 4.0]], [[2.0, 3.0]]])  # [2 critics, 1, 2 actions]: min = [1, 3]
+    logits = torch.log(torch.tensor([[0.25, 0.75]]))
+    y = discrete_soft_q_target(torch.tensor([1.0]), torch.tensor([0.9]), next_q, logits, torch.tensor(0.5))
+    v = 0.25 * (1 - 0.5 * math.log(0.25)) + 0.75 * (3 - 0.5 * math.log(0.75))
+    assert y.item() == pytest.approx(1 + 0.9 * v, rel=1e-6)
+
+
+def test_temperature_loss_by_hand_and_its_direction():
+    log_alpha = torch.tensor(math.log(0.5), requires_grad=True)
+    loss = temperature_loss(log_alpha, torch.tensor([-0.5, 0.3]), target_entropy=-1.0)
+    assert loss.item() == pytest.approx(-0.5 * ((-0.5 - 1) + (0.3 - 1)) / 2)  # 0.55
+    loss.backward()
+    assert log_alpha.grad.item() > 0  # entropy 0.1 above the target -1: descent lowers alpha
+    probs = torch.tensor([[0.2, 0.8]])
+    discrete = temperature_loss(torch.tensor(0.0), torch.log(probs), target_entropy=1.0, probs=probs)
+    assert discrete.item() == pytest.approx(-(0.2 * (math.log(0.2) + 1) + 0.8 * (math.log(0.8) + 1)), rel=1e-5)
+
+
+def test_squashed_log_prob_is_the_change_of_variables():
+    mean, log_std, noise = torch.tensor([[0.3, -2.0]]), torch.tensor([[-0.5, 0.1]]), torch.tensor([[1.2, -0.7]])
+    u, log_pi = squashed_sample(mean, log_std, noise)
+    x = mean + log_std.exp() * noise
+    normal = torch.distributions.Normal(mean, log_std.exp()).log_prob(x)
+    assert torch.allclose(u, torch.tanh(x))
+    assert torch.allclose(log_pi, (normal - torch.log(1 - torch.tanh(x) ** 2)).sum(-1), atol=1e-5)
+
+
+def test_sac_critic_step_regresses_each_critic_on_the_soft_target():
+    agent = make(SACAgent, SACConfig(hidden=(8,), learning_starts=0))
+    obs, actions, returns, next_obs, discounts = batch()
+    state = agent.generator.get_state()
+    noise = torch.randn(5, 2, generator=agent.generator)
+    agent.generator.set_state(state)
+    with torch.no_grad():  # the target by plain formulas: each target critic separately, then the min
+        next_u, next_log_pi = agent.actor.sample(next_obs, noise)
+        x = torch.cat((next_obs, next_u), 1)
+        q1, q2 = member(agent.critic_target, 0, x), member(agent.critic_target, 1, x)
+        y = returns + discounts * (torch.minimum(q1, q2) - 1.0 * next_log_pi)  # alpha starts at 1
+        xa = torch.cat((obs, actions), 1)
+        expected = ((member(agent.critic, 0, xa) - y) ** 2).mean() + ((member(agent.critic, 1, xa) - y) ** 2).mean()
+    metrics = agent._critic_step(obs, actions, returns, next_obs, discounts)
+    assert metrics["qf_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_td3_target_smoothing_clip_and_target_by_hand():
+    target_actions = torch.tensor([[0.9, -0.5]])
+    smoothed = smoothed_target_actions(target_actions, torch.tensor([[3.0, -0.1]]), policy_noise=0.2, noise_clip=0.5)
+    assert torch.allclose(smoothed, torch.tensor([[1.0, -0.52]]))  # 0.6 clipped to 0.5, then the action to 1
+    y = clipped_double_q_target(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.0]),
+                                torch.tensor([[4.0, 7.0], [3.0, 9.0]]))
+    assert torch.allclose(y, torch.tensor([2.5, 2.0]))
+
+
+def test_td3_critic_loss_uses_smoothed_target_actions():
+    agent = make(TD3Agent, TD3Config(hidden=(8,), learning_starts=0, policy_frequency=1000))
+    obs, actions, returns, next_obs, discounts = batch()
+    state = agent.generator.get_state()
+    noise = torch.randn(5, 2, generator=agent.generator)
+    agent.generator.set_state(state)
+    with torch.no_grad():
+        next_u = (agent.actor_target(next_obs) + (0.2 * noise).clamp(-0.5, 0.5)).clamp(-1, 1)
+        x = torch.cat((next_obs, next_u), 1)
+        y = returns + discounts * torch.minimum(member(agent.critic_target, 0, x), member(agent.critic_target, 1, x))
+        xa = torch.cat((obs, actions), 1)
+        expected = ((member(agent.critic, 0, xa) - y) ** 2).mean() + ((member(agent.critic, 1, xa) - y) ** 2).mean()
+    agent.updates = 1  # not an actor step
+    metrics = agent.gradient_step(obs, actions, returns, next_obs, discounts)
+    assert metrics["qf_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("cls", "config"), [(TD3Agent, TD3Config), (DDPGAgent, DDPGConfig)])
+def test_actor_and_targets_move_every_policy_frequency_critic_updates(cls, config):
+    agent = make(cls, config(hidden=(8,), learning_starts=0, policy_frequency=3))
+    for t in range(7):
+        actor_before = [p.clone() for p in agent.actor.parameters()]
+        target_before = [p.clone() for p in agent.critic_target.parameters()]
+        agent.gradient_step(*batch(seed=t))
+        agent.updates += 1
+        actor_moved = any(not torch.equal(a, p) for a, p in zip(actor_before, agent.actor.parameters(), strict=True))
+        target_moved = any(not torch.equal(a, p) for a, p in
+                           zip(target_before, agent.critic_target.parameters(), strict=True))
+        assert actor_moved == target_moved == (t % 3 == 0), t
+    assert agent.actor_updates == 3  # updates 0, 3 and 6
+
+
+def test_ddpg_has_one_critic_and_no_smoothing():
+    agent = make(DDPGAgent, DDPGConfig(hidden=(8,), learning_starts=0))
+    assert agent.critic.n == 1
+    state = agent.generator.get_state()
+    agent.gradient_step(*batch())
+    assert torch.equal(agent.generator.get_state(), state)  # no smoothing noise drawn
+
+
+# ---------------------------------------------------------------------------------------------- action scaling
+def test_action_scaling_round_trip():
+    scaling = BoxScaling(ACT)
+    unit = np.array([[-1.0, 1.0], [0.0, 0.0], [0.5, -0.5]], np.float32)
+    env = scaling.to_env(unit)
+    assert np.allclose(env, [[-2.0, 10.0], [0.0, 5.0], [1.0, 2.5]])
+    assert np.allclose(scaling.from_env(env), unit)
+    assert np.allclose(scaling.from_env(np.array([[5.0, -1.0]])), [[1.0, -1.0]])  # outside the bounds: clipped
+    square = BoxScaling(gym.spaces.Box(-1.0, 3.0, (2, 2), np.float32))
+    assert square.to_env(np.zeros((1, 4), np.float32)).shape == (1, 2, 2)
+
+
+def test_agents_act_within_the_bounds_and_store_normalised_actions():
+    for cls, config in ((SACAgent, SACConfig), (TD3Agent, TD3Config)):
+        agent = make(cls, config(hidden=(8,), learning_starts=2), num_envs=2)
+        obs = np.zeros((2, 3), np.float32)
+        for _ in range(4):  # two warm-up steps, then the policy
+            actions = agent.act(obs)
+            assert actions.shape == (2, 2) and np.all(actions >= ACT.low) and np.all(actions <= ACT.high)
+            agent.observe(obs, actions, np.zeros(2), obs, np.zeros(2, bool), np.zeros(2, bool))
+        stored = agent.buffer.actions[: agent.buffer.size]
+        assert np.allclose(BoxScaling(ACT).to_env(stored).reshape(-1, 2)[-2:], actions, atol=1e-5)
+        assert np.all(np.abs(stored) <= 1.0)
+
+
+def test_ppo_gaussian_clips_to_the_same_bounds():
+    head = GaussianHead(4, ACT)
+    assert np.allclose(head.to_env(torch.tensor([[-9.0, 11.0], [1.0, 3.0]])), [[-2.0, 10.0], [1.0, 3.0]])
+
+
+@pytest.mark.parametrize(("algo", "action_space", "message"), [
+    ("td3", gym.spaces.Box(-np.inf, np.inf, (1,)), "finite bounds"),
+    ("sac", gym.spaces.Box(-np.inf, np.inf, (1,)), "finite bounds"),
+    ("ddpg", gym.spaces.Discrete(3), "Box action space"),
+    ("td3", gym.spaces.MultiBinary(3), "Box action space"),
+    ("sac", gym.spaces.MultiBinary(3), "Box or Discrete"),
+])
+def test_wrong_action_spaces_are_refused(algo, action_space, message):
+    from gbmr.agents import agent_class
+
+    with pytest.raises(GbmrError, match=message):
+        agent_class(algo).check_spaces(OBS, action_space)
+    with pytest.raises(GbmrError, match="Box observation"):
+        agent_class(algo).check_spaces(gym.spaces.Discrete(4), ACT)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+SMALL_SAC = ["--algo", "sac", "--env", "Pendulum-v1", "--seed", "2", "--total-steps", "1200", "--no-progress",
+             "--set", "learning_starts=300", "--set", "batch_size=16", "--set", "hidden=[16]",
+             "--set", "eval_every=600", "--set", "eval_episodes=1", "--set", "checkpoint_every=200"]
+
+
+def test_sac_resumes_exactly_after_kills(tmp_path, one_thread):
+    reference = tmp_path / "reference"
+    assert main(["train", *SMALL_SAC, "--run-dir", str(reference)]) == 0
+    run = tmp_path / "killed"
+    kill_twice(SMALL_SAC, run, 1200)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    for name in ("metrics.csv", "eval.csv", "learner.csv"):
+        assert read_rows(run / name) == read_rows(reference / name), name
+    ours, theirs = RunDir(run).load_checkpoint()["agent"], RunDir(reference).load_checkpoint()["agent"]
+    for key, value in theirs["actor"].items():
+        assert torch.equal(ours["actor"][key], value), key
+
+
+def test_discrete_sac_runs_on_cartpole(tmp_path, one_thread):
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "sac", "--env", "CartPole-v1", "--total-steps", "800", "--no-progress",
+                 "--set", "learning_starts=200", "--set", "batch_size=16", "--set", "hidden=[16]",
+                 "--set", "eval_every=800", "--set", "eval_episodes=1", "--run-dir", str(run)]) == 0
+    header, *rows = read_rows(run / "learner.csv")
+    values = dict(zip(header, rows[-1], strict=True))
+    assert 0 < float(values["alpha"]) < 1 and 0 < float(values["entropy"]) <= math.log(2) + 1e-6
+
+
+@pytest.mark.parametrize("algo", ["td3", "ddpg"])
+def test_other_continuous_envs_are_accepted(tmp_path, algo, one_thread):
+    for env_id in ("MountainCarContinuous-v0", "LunarLanderContinuous-v3"):
+        run = tmp_path / env_id
+        assert main(["train", "--algo", algo, "--env", env_id, "--total-steps", "300", "--no-progress",
+                     "--set", "learning_starts=100", "--set", "batch_size=16", "--set", "hidden=[16]",
+                     "--set", "eval_every=300", "--set", "eval_episodes=1", "--set", "noise_type=ou",
+                     "--run-dir", str(run)]) == 0
+        assert len(read_rows(run / "eval.csv")) == 2
+
+
+def test_sac_runs_distributed_in_sync_mode(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "sac", "--env", "Pendulum-v1", "--total-steps", "600", "--num-envs", "2",
+                 "--actors", "2", "--no-progress", "--set", "learning_starts=200", "--set", "actor_steps=50",
+                 "--set", "batch_size=16", "--set", "hidden=[16]", "--set", "eval_every=600",
+                 "--set", "eval_episodes=1", "--run-dir", str(run)]) == 0
+    learner = read_rows(run / "learner.csv")
+    assert len(learner) > 1 and RunDir(run).load_checkpoint()["runner"]["step"] == 600
+    assert np.isfinite(float(learner[-1][2]))
+
+
+# ---------------------------------------------------------------------------------------------- learning
+def evaluations(run):
+    return [float(row[1]) for row in read_rows(run / "eval.csv")[1:]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("algo", "steps"), [("sac", 5000), ("td3", 10000)])
+def test_learns_pendulum(tmp_path, algo, steps, one_thread):
+    """The classic preset reaches a greedy mean return >= -250 on Pendulum-v1 within 20k steps (seed 1): SAC by
+    5k steps, TD3 by 10k (random policies score ~-1200)."""
+    run = tmp_path / "run"
+    assert main(["train", "--algo", algo, "--env", "Pendulum-v1", "--seed", "1", "--total-steps", str(steps),
+                 "--no-progress", "--set", "eval_every=2500", "--run-dir", str(run)]) == 0
+    assert evaluations(run)[-1] >= -250
+
+
+@pytest.mark.slow
+def test_ddpg_improves_on_pendulum(tmp_path, one_thread):
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "ddpg", "--env", "Pendulum-v1", "--seed", "1", "--total-steps", "8000",
+                 "--no-progress", "--set", "eval_every=2000", "--run-dir", str(run)]) == 0
+    returns = evaluations(run)
+    assert returns[-1] > returns[0] + 300
+
+
+def test_adam_step_equals_optimizer_step():
+    from gbmr.agents.optim import adam_step, make_adam
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    optimizers = [make_adam(net.parameters(), 1e-2, CPU) for net in nets]
+    for t in range(4):
+        x = torch.randn(5, 3, generator=torch.Generator().manual_seed(t))
+        for net, optimizer, step in zip(nets, optimizers, (lambda o: o.step(), adam_step), strict=True):
+            optimizer.zero_grad()
+            net(x).square().sum().backward()
+            step(optimizer)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert optimizers[1].state[nets[1].weight]["step"].item() == 4
+
+
+def test_mujoco_hopper_runs_when_installed(tmp_path, one_thread):
+    pytest.importorskip("mujoco")
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "sac", "--env", "Hopper-v5", "--total-steps", "200", "--no-progress",
+                 "--set", "learning_starts=100", "--set", "batch_size=16", "--set", "hidden=[16]",
+                 "--set", "eval_every=200", "--set", "eval_episodes=1", "--run-dir", str(run)]) == 0
+    config = (run / "config.yaml").read_text()
+    assert "preset: default" in config and "q_lr: 0.001" in config  # CleanRL's SAC settings for the gym family
+
+
+def test_sac_temperature_step_follows_the_loss_gradient():
+    """The agent sets d loss / d log alpha to the loss itself (exact: the loss is -alpha x a constant)."""
+    agent = make(SACAgent, SACConfig(hidden=(8,), learning_starts=0))
+    log_alpha = agent.temperature.log_alpha.detach().clone().requires_grad_(True)
+    obs = batch()[0]
+    state = agent.generator.get_state()
+    with torch.no_grad():
+        _, log_pi = agent.actor.sample(obs, torch.randn(5, 2, generator=agent.generator))
+    agent.generator.set_state(state)
+    temperature_loss(log_alpha, log_pi, agent.target_entropy).backward()
+    reference = torch.optim.Adam([log_alpha], lr=agent.config.q_lr)
+    reference.step()
+    agent._actor_step(obs)
+    assert agent.temperature.log_alpha.item() == pytest.approx(log_alpha.item(), abs=1e-7)
+    assert agent.temperature.log_alpha.item() != 0.0
