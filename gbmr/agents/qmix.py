@@ -66,10 +66,10 @@ class QMIXConfig:
 
 # ---------------------------------------------------------------------- the maths, shared with DIFFER
 def episode_mask(filled: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
-    """[B, T]: 1 on the real steps up to and including the one that terminated (PyMARL's mask)."""
-    mask = filled.clone()
-    mask[:, 1:] = mask[:, 1:] * (1 - terminated[:, :-1])
-    return mask
+    """[B, T]: 1 on the real steps up to and including the one that terminated (PyMARL's mask, which zeroes only
+    the step after a termination; here every later one, the same on episodes that end when they terminate)."""
+    terminated_before = torch.cumsum(terminated, dim=1) - terminated
+    return filled * (terminated_before == 0)
 
 
 def greedy_next_q(online_q: torch.Tensor, target_q: torch.Tensor, avail: torch.Tensor, double_q: bool

@@ -127,7 +127,8 @@ class LBFAdapter(gym.Env):
 
     Available actions are LBF's valid moves (no walking into walls or food, LOAD only next to food). The state is
     the agents' observations side by side (as EPyMARL builds it for LBF). LBF reports its time limit as ``done``;
-    here an episode that ends with food left is a truncation, so the learner bootstraps past it.
+    here an episode that ends with food left is a truncation, so the learner bootstraps past it. Players' old
+    positions are cleared before a reset (see ``reset``).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -153,6 +154,10 @@ class LBFAdapter(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        # lbforaging places each player on a cell no player occupies, counting the previous episode's final
+        # positions: forget them, so an episode depends only on its seed and actions (what exact resume replays).
+        for player in self.base.players:
+            player.position = None
         obs, _ = self.env.reset(seed=seed)
         return self._observation(obs, False), {}
 
