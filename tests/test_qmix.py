@@ -31,11 +31,10 @@ def test_mixer_is_monotonic_in_every_agent_q():
     assert (grads >= 0).all() and (grads > 1e-4).float().mean() > 0.9
     assert mixer(qs, states).shape == (64, 10)
     # the same net with signed weights is not monotonic: the check can fail
-    signed = QMixer(n_agents=4, state_dim=7)
-    signed.load_state_dict(mixer.state_dict())
-    w1 = signed.hyper_w1(states.reshape(-1, 7)).view(-1, 4, 32)
-    hidden = torch.nn.functional.elu(torch.bmm(qs.reshape(-1, 1, 4), w1) + signed.hyper_b1(states.reshape(-1, 7))[:, None])
-    y = torch.bmm(hidden, signed.hyper_w_final(states.reshape(-1, 7)).view(-1, 32, 1)).sum()
+    s = states.reshape(-1, 7)
+    w1 = mixer.hyper_w1(s).view(-1, 4, 32)
+    hidden = torch.nn.functional.elu(torch.bmm(qs.reshape(-1, 1, 4), w1) + mixer.hyper_b1(s)[:, None])
+    y = torch.bmm(hidden, mixer.hyper_w_final(s).view(-1, 32, 1)).sum()
     (signed_grads,) = torch.autograd.grad(y, qs)
     assert (signed_grads < 0).any()
 
@@ -83,7 +82,7 @@ def test_qmix_targets_with_masks_on_a_hand_made_batch():
     assert episode_mask(torch.ones(1, 3), torch.tensor([[1.0, 0.0, 0.0]])).tolist() == [[1, 0, 0]]
 
 
-def test_agent_nets_act_step_by_step_as_they_train_on_episodes():
+def test_agent_nets_act_step_by_step_as_they_train_on_episodes(one_thread):
     """The acting path (one step at a time with a memory, restarting where an episode begins) gives the Q-values
     the training path computes on the whole episode: the targets would otherwise train another policy."""
     torch.manual_seed(0)
@@ -169,9 +168,9 @@ def test_per_weight_selection_draws_by_priority_with_importance_weights():
 
 
 # ---------------------------------------------------------------------- runs
-SMALL = ["--env", "LBF/Foraging-5x5-2p-1f-coop-v3", "--seed", "3", "--total-steps", "1500", "--no-progress",
-         "--set", "batch_size=4", "--set", "rnn_hidden_dim=16", "--set", "eval_every=500", "--set", "eval_episodes=2",
-         "--set", "checkpoint_every=100", "--set", "target_update_interval=5", "--set", "epsilon_anneal_time=1000"]
+SMALL = ["--env", "LBF/Foraging-5x5-2p-1f-coop-v3", "--seed", "3", "--total-steps", "1200", "--no-progress",
+         "--set", "batch_size=4", "--set", "rnn_hidden_dim=16", "--set", "eval_every=400", "--set", "eval_episodes=2",
+         "--set", "checkpoint_every=150", "--set", "target_update_interval=5", "--set", "epsilon_anneal_time=1000"]
 
 
 @pytest.mark.parametrize("algo", ["differ"])
@@ -182,7 +181,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, algo):
     reference = tmp_path / "reference"
     assert main(["train", *args, "--run-dir", str(reference)]) == 0
     run = tmp_path / "killed"
-    kill_twice(args, run, 1500)
+    kill_twice(args, run, 1200)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     for name in ("metrics.csv", "eval.csv", "learner.csv"):
         assert read_rows(run / name) == read_rows(reference / name), name
