@@ -11,8 +11,10 @@ from gbmr.agents.differ import (
     agent_mask,
     individual_rewards,
     mixer_gradients,
+    pooled_selection_weights,
     selected_ratio,
     selection_weights,
+    shared_counts,
 )
 from gbmr.agents.qmix import episode_mask, greedy_next_q, masked_mse, td_targets
 from gbmr.cli import main
@@ -167,6 +169,24 @@ def test_per_weight_selection_draws_by_priority_with_importance_weights():
     assert many[0, :, 0].sum() / many.sum() == pytest.approx(p[0], abs=0.01)
 
 
+def test_experience_sharing_sends_the_tails_to_agents_whose_tails_they_are_in():
+    """One episode, 4 real steps (and a padded one), 3 agents. Agent 0's errors (0, 0, 0, 10): mean 2.5, std 5,
+    so only 10 lies beyond one std; agent 1's (1, 1, 1, 1) have std 0, so every other value is in its tails;
+    agent 2's (-4, 4, -4, 4): mean 0, std 4.62, so 10 is in its tails too but agent 0's zeros are not."""
+    td = np.array([[[0, 1, -4], [0, 1, 4], [0, 1, -4], [10, 1, 4], [0, 0, 0]]], dtype=np.float64)
+    mask = np.array([[[1, 1, 1]] * 4 + [[0, 0, 0]]], dtype=np.float64)
+    counts = shared_counts(td, mask, 1.0, "tails", np.random.default_rng(0))
+    assert counts[0, :, 0].tolist() == [0, 0, 0, 2, 0]  # agent 0 shares its 10 with agents 1 and 2
+    assert counts[0, :, 1].tolist() == [0, 0, 0, 0, 0]  # all equal: no tails of its own
+    assert counts[0, :, 2].tolist() == [0, 0, 0, 0, 0]  # +-4 lie within one std (4.62) of its own mean
+    assert shared_counts(td, mask, 3.0, "tails", None)[0].sum() == 0  # nothing lies 3 std out in its own fit
+    weights = pooled_selection_weights(np.abs(td), mask, counts, 1.0, DIFFERConfig(selected="all"), 0.6, None)
+    np.testing.assert_array_equal(weights, mask + counts)  # a received copy trains its sample once more
+    # probability mode: the extreme is shared most often, the centre never (P(|Z| < 0) = 0)
+    draws = np.stack([shared_counts(td, mask, 1.0, "probability", np.random.default_rng(k)) for k in range(200)])
+    assert draws[:, 0, 3, 0].mean() > 1.5 and draws[:, 0, 0, 1].sum() == 0
+
+
 # ---------------------------------------------------------------------- runs
 SMALL = ["--env", "LBF/Foraging-5x5-2p-1f-coop-v3", "--seed", "3", "--total-steps", "1200", "--no-progress",
          "--set", "batch_size=4", "--set", "rnn_hidden_dim=16", "--set", "eval_every=400", "--set", "eval_episodes=2",
@@ -175,9 +195,9 @@ SMALL = ["--env", "LBF/Foraging-5x5-2p-1f-coop-v3", "--seed", "3", "--total-step
 
 @pytest.mark.parametrize("algo", ["differ"])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, algo):
-    """DIFFER (QMIX plus the selection's draws): the episode buffer, the episodes in progress, the GRU's memory,
-    both generators and the optimisers come back with the run."""
-    args = ["--algo", algo, *SMALL]
+    """DIFFER with experience sharing by probability (QMIX plus the selection's and the sharing's draws): the
+    episode buffer, the episodes in progress, the GRU's memory, both generators and the optimisers come back."""
+    args = ["--algo", algo, *SMALL, "--set", "experience_sharing=true", "--set", "share_mode=probability"]
     reference = tmp_path / "reference"
     assert main(["train", *args, "--run-dir", str(reference)]) == 0
     run = tmp_path / "killed"
@@ -197,3 +217,33 @@ def test_multi_agent_and_single_agent_algorithms_refuse_the_other_kind(tmp_path,
     assert main(["train", "--algo", "qmix", "--env", "MPE/simple_spread-v3", "--set", "agent_net=lstm",
                  "--run-dir", str(tmp_path / "c")]) == 2
     assert "unknown agent_net 'lstm'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_qmix_improves_on_mpe_simple_spread(tmp_path):
+    """8000 steps (~50 s of CPU) on 10-step simple_spread episodes: the greedy team return of the last evaluation
+    beats the first one and a uniformly random policy on the same evaluation episodes by a margin (measured: -23.7
+    against -29.9 first and -29.0 random; a random policy's mean over 200 episodes has a standard error of 0.7)."""
+    from gbmr.core.seeding import derive_seed
+    from gbmr.envs import make_env
+    from gbmr.runners.sync import EVAL_STREAM
+
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "qmix", "--env", "MPE/simple_spread-v3", "--seed", "1", "--total-steps", "8000",
+                 "--no-progress", "--set", "env_options.max_cycles=10", "--set", "eval_every=2000",
+                 "--set", "eval_episodes=20", "--set", "epsilon_anneal_time=4000", "--set", "optimizer=adam",
+                 "--set", "lr=5e-4", "--set", "target_update_interval=50", "--set", "checkpoint_every=100000",
+                 "--run-dir", str(run)]) == 0
+    evaluations = [float(row[1]) for row in read_rows(run / "eval.csv")[1:]]
+    env = make_env("MPE/simple_spread-v3", max_cycles=10)
+    rng = np.random.default_rng(0)
+    random_returns = []
+    for k in range(20 * len(evaluations)):
+        env.reset(seed=derive_seed(1, EVAL_STREAM, k))
+        total, done = 0.0, False
+        while not done:
+            _, reward, terminated, truncated, _ = env.step(rng.integers(5, size=3))
+            total, done = total + reward, terminated or truncated
+        random_returns.append(total)
+    assert evaluations[-1] > evaluations[0] + 3
+    assert evaluations[-1] > np.mean(random_returns) + 3

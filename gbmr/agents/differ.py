@@ -18,10 +18,20 @@ The individual samples are then selected (``selected``): ``PER_weight`` (the not
 (beta from ``beta_start`` to ``beta_end`` over the run); ``selected_ratio`` rises from ``selected_ratio_start``
 to ``selected_ratio_end`` over the first ``warm_up_ratio`` of training when ``warm_up`` is on. The mixer and the
 agent networks have their own optimisers, as in the reference learner.
+
+Experience sharing (research note 004, ``experience_sharing: true``): in each episode of the batch an agent shares
+the steps whose individual TD error lies in the tails of its own errors' normal fit (beyond ``share_threshold``
+standard deviations of their mean over the episode's real steps; ``share_mode: probability`` shares a step with
+probability P(|Z| < |z|) instead, so extremes are shared most but any step may be), and every other agent whose own
+fit also puts that error in its tails receives it. A received sample joins the pool the selection draws from as one
+more copy of the sender's sample (with the agent networks shared, training on it again is what receiving means).
+The note's reference code computes the statistics over the padded steps too and, through ``==`` typed for ``=``,
+shares only zeros; here the statistics use the real steps and the shared errors are the agents' own.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +42,7 @@ from gbmr.agents.qmix import QMIXAgent, QMIXConfig, masked_mse, td_targets
 from gbmr.core.errors import unknown_choice
 
 SELECTIONS = ("all", "greedy", "PER_hard", "PER_weight")
+SHARE_MODES = ("tails", "probability")
 GRAD_CLAMP = 10.0  # the reference clamps dQ_tot/dQ_i to [-10, 10]
 
 
@@ -47,6 +58,9 @@ class DIFFERConfig(QMIXConfig):
     selected_epsilon: float = 0.01
     beta_start: float = 0.6
     beta_end: float = 1.0
+    experience_sharing: bool = False
+    share_threshold: float = 1.0  # standard deviations from the mean: the tails an agent shares and accepts
+    share_mode: str = "tails"  # tails | probability
 
 
 # ---------------------------------------------------------------------- the maths
@@ -103,6 +117,45 @@ def selection_weights(abs_td: np.ndarray, mask: np.ndarray, ratio: float, config
     return np.bincount(drawn, weights=importance[drawn], minlength=prob.size).reshape(mask.shape).astype(mask.dtype)
 
 
+def shared_counts(td: np.ndarray, mask: np.ndarray, threshold: float, mode: str, rng: np.random.Generator
+                  ) -> np.ndarray:
+    """[B, T, n]: how many other agents receive each (episode, t, agent) sample under the note's rule (td are the
+    signed individual TD errors, 0 where masked). Tails are strict: an agent whose errors are all equal shares
+    nothing, and accepts any other value."""
+    real = mask > 0
+    count = mask.sum(axis=1)  # [B, n]
+    mean = (td * mask).sum(axis=1) / np.maximum(count, 1)
+    var = (((td - mean[:, None]) ** 2) * mask).sum(axis=1) / np.maximum(count - 1, 1)  # unbiased, as torch.std
+    std = np.sqrt(var)
+    low, high = mean - threshold * std, mean + threshold * std
+    if mode == "tails":
+        shares = ((td < low[:, None]) | (td > high[:, None])) & real
+    elif mode == "probability":
+        z = np.abs(td - mean[:, None]) / np.maximum(std[:, None], 1e-8)
+        p = np.vectorize(math.erf)(z / math.sqrt(2.0)) if z.size else z
+        shares = (rng.random(td.shape) < p) & real
+    else:
+        raise unknown_choice("share_mode", mode, SHARE_MODES)
+    # receiver j takes sender i's error if it lies in j's own tails: accept[b, t, i, j]
+    accept = (td[..., None] < low[:, None, None, :]) | (td[..., None] > high[:, None, None, :])
+    accept &= ~np.eye(td.shape[-1], dtype=bool)
+    return (shares[..., None] & accept).sum(axis=-1)
+
+
+def pooled_selection_weights(abs_td: np.ndarray, mask: np.ndarray, counts: np.ndarray, ratio: float,
+                             config: DIFFERConfig, beta: float, rng: np.random.Generator) -> np.ndarray:
+    """Selection over the samples plus ``counts`` received copies of each; the copies' weights are added to their
+    originals' (a copy is the same sample trained on again)."""
+    flat_counts = counts.reshape(-1)
+    copies = np.repeat(np.arange(flat_counts.size), flat_counts)
+    pool_td = np.concatenate([abs_td.reshape(-1), abs_td.reshape(-1)[copies]])[None, None]
+    pool_mask = np.concatenate([mask.reshape(-1), np.ones(copies.size, mask.dtype)])[None, None]
+    pooled = selection_weights(pool_td, pool_mask, ratio, config, beta, rng).reshape(-1)
+    weights = pooled[: flat_counts.size].copy()
+    np.add.at(weights, copies, pooled[flat_counts.size:])
+    return weights.reshape(mask.shape)
+
+
 class DIFFERAgent(QMIXAgent):
     Config = DIFFERConfig
     metric_names = ("loss", "td_error_abs", "q_taken_mean", "target_mean", "q_loss", "q_td_error_abs",
@@ -112,6 +165,8 @@ class DIFFERAgent(QMIXAgent):
     def __init__(self, config: DIFFERConfig, *args, **kwargs) -> None:
         if config.selected not in SELECTIONS:
             raise unknown_choice("selected", config.selected, SELECTIONS)
+        if config.share_mode not in SHARE_MODES:
+            raise unknown_choice("share_mode", config.share_mode, SHARE_MODES)
         super().__init__(config, *args, **kwargs)
 
     def _make_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -141,10 +196,17 @@ class DIFFERAgent(QMIXAgent):
         td_i = (chosen - targets_i) * q_mask
         ratio = selected_ratio(self.steps, self.total_steps, cfg)
         beta = linear_schedule(cfg.beta_start, cfg.beta_end, self.total_steps, self.steps)
-        weights = torch.as_tensor(selection_weights(td_i.detach().abs().cpu().numpy(), q_mask.cpu().numpy(),
-                                                    ratio, cfg, beta, self.sample_rng), device=self.device)
+        td_np, mask_np = td_i.detach().cpu().numpy(), q_mask.cpu().numpy()
         count = q_mask.sum().clamp(min=1)
-        q_loss = (td_i ** 2 * weights).sum() / count
+        pool = count  # the loss is a mean over the pool: the samples and the copies received
+        if cfg.experience_sharing:
+            counts = shared_counts(td_np, mask_np, cfg.share_threshold, cfg.share_mode, self.sample_rng)
+            weights = pooled_selection_weights(np.abs(td_np), mask_np, counts, ratio, cfg, beta, self.sample_rng)
+            pool = count + float(counts.sum())
+        else:
+            weights = selection_weights(np.abs(td_np), mask_np, ratio, cfg, beta, self.sample_rng)
+        weights = torch.as_tensor(weights, device=self.device)
+        q_loss = (td_i ** 2 * weights).sum() / pool
         self._step(self.optimizers[1], q_loss)
         n = mask.sum().clamp(min=1)
         return {"loss": mixer_loss.item(), "td_error_abs": ((td_tot.detach().abs() * mask).sum() / n).item(),
