@@ -32,7 +32,7 @@ def measure(algo: str, env_id: str, steps: int, agent_net: str, seed: int = 0) -
     agent.update()
     env_time = 0.0
     episodes = 0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         actions = agent.act(collector.obs)
         t0 = time.perf_counter()
@@ -41,8 +41,9 @@ def measure(algo: str, env_id: str, steps: int, agent_net: str, seed: int = 0) -
         agent.observe(*step[:6])
         agent.update()
         episodes += len(step.finished)
-    total = time.perf_counter() - start
-    return {"steps_per_s": steps / total, "episodes_per_s": episodes / total, "env_share": env_time / total}
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return {"steps_per_s": steps / total, "episodes_per_s": episodes / total, "env_share": env_time / total,
+            "cpu_steps_per_s": steps / cpu, "cpu_episodes_per_s": episodes / cpu}
 
 
 def main() -> None:
@@ -56,11 +57,12 @@ def main() -> None:
             result = measure(algo, env_id, args.steps, net)
             rows.append((env_id, f"{algo} ({net})", result))
             print(f"{env_id} {algo} {net}: {result}", flush=True)
-    print(f"\n| env | algo (agent net) | env steps/s | episodes/s | env share |  ({args.steps} steps, 1 thread)")
-    print("|---|---|---|---|---|")
+    print(f"\n| env | algo (agent net) | env steps/s | episodes/s | per CPU second: steps, episodes | env share |"
+          f"  ({args.steps} steps, 1 thread)")
+    print("|---|---|---|---|---|---|")
     for env_id, name, r in rows:
         print(f"| {env_id} | {name} | {r['steps_per_s']:.0f} | {r['episodes_per_s']:.1f} "
-              f"| {100 * r['env_share']:.0f}% |")
+              f"| {r['cpu_steps_per_s']:.0f}, {r['cpu_episodes_per_s']:.1f} | {100 * r['env_share']:.0f}% |")
 
 
 if __name__ == "__main__":
