@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 from collections.abc import Sequence
@@ -92,7 +93,8 @@ def cmd_list() -> int:
     print("environments:")
     for family, ids in list_env_ids().items():
         print(f"  {family}:")
-        for env_id in ids:
+        summary = getattr(importlib.import_module(f"gbmr.envs.{family}"), "summary", None)
+        for env_id in [summary()] if summary is not None else ids:
             print(f"    {env_id}")
     print(f"  {GENERIC}:\n    {generic.summary()}")
     return 0

@@ -204,7 +204,8 @@ def test_minigrid_maze_views_and_actions() -> None:
 
 def test_listing_and_families() -> None:
     ids = list_env_ids()
-    assert set(ids) == {"classic", "minatar", "atari", "maze", "memory"}
+    assert set(ids) == {"classic", "minatar", "atari", "maze", "memory", "mpe", "lbf"}
+    assert env_family("MPE/simple_spread-v3") == "mpe" and env_family("LBF/Foraging-8x8-2p-1f-coop-v3") == "lbf"
     for game in ("MsPacman", "Alien", "Pong", "Frostbite", "Hero", "Breakout"):
         assert f"ALE/{game}-v5" in ids["atari"]
     assert ids["minatar"] == sorted(

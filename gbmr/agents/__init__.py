@@ -27,7 +27,10 @@ ALGORITHMS: dict[str, str] = {
     "sac": "gbmr.agents.sac:SACAgent",
     "td3": "gbmr.agents.td3:TD3Agent",
     "ddpg": "gbmr.agents.ddpg:DDPGAgent",
+    "qmix": "gbmr.agents.qmix:QMIXAgent",
+    "differ": "gbmr.agents.differ:DIFFERAgent",
 }
+MULTI_AGENT = ("qmix", "differ")  # the algorithms for the multi-agent environments (MPE/..., LBF/...)
 
 
 def agent_class(algo: str) -> type[Agent]:
@@ -40,8 +43,13 @@ def agent_class(algo: str) -> type[Agent]:
 def build_agent(config: Any, observation_space: Any, action_space: Any, num_envs: int | None = None) -> Agent:
     """The agent a RunConfig names, for the run's ``num_envs`` (or fewer: a distributed actor's slice)."""
     from gbmr.core.devices import resolve_device
+    from gbmr.core.errors import GbmrError
+    from gbmr.envs.multiagent import is_multi_agent
 
     cls = agent_class(config.algo)
+    if is_multi_agent(observation_space) and not cls.multi_agent:
+        raise GbmrError(f"'{config.algo}' is a single-agent algorithm and '{config.env}' a multi-agent environment; "
+                        f"use one of: {', '.join(MULTI_AGENT)}")
     cls.check_spaces(observation_space, action_space)
     return cls(config.agent, observation_space, action_space, num_envs=num_envs or config.num_envs,
                device=resolve_device(config.device), seed=config.seed, total_steps=config.total_steps)

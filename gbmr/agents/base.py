@@ -26,6 +26,7 @@ class Agent(ABC):
     # How a distributed run (runners/distributed.py) feeds it: "on-policy" (actors fill rollouts the learner
     # concatenates), "off-policy" (actors send transitions the learner observes), None (single process only).
     distributed: str | None = None
+    multi_agent: bool = False  # True: takes the multi-agent interface of gbmr/envs/multiagent.py
 
     def __init__(
         self,

@@ -32,6 +32,26 @@ class Step(NamedTuple):
     finished: list[tuple[int, float, int]]
 
 
+def batch_of_one(obs: Any) -> Any:
+    """A single environment's observation as a batch of one (Dict observations: each array)."""
+    return {k: v[None] for k, v in obs.items()} if isinstance(obs, dict) else obs[None]
+
+
+def _as_batch(obs: Any, dtype: Any) -> Any:
+    if isinstance(obs, dict):
+        return {k: np.asarray(v)[None] for k, v in obs.items()}
+    return np.array(obs, dtype=dtype)[None]
+
+
+def _replace_rows(obs: Any, mask: np.ndarray, new: Any) -> Any:
+    """``obs`` with the rows of ``mask`` taken from ``new`` (a copy; Dict observations key by key)."""
+    if isinstance(obs, dict):
+        return {k: _replace_rows(v, mask, new[k]) for k, v in obs.items()}
+    obs = obs.copy()
+    obs[mask] = new[mask]
+    return obs
+
+
 def env_state(env: gym.Env) -> dict | None:
     """State an environment carries across episodes (e.g. a dynamic maze's episode counter), if any.
 
@@ -88,7 +108,7 @@ class Collector:
             obs, rewards, terminated, truncated, _ = self.envs.step(actions)
             return obs, rewards, terminated, truncated
         obs, reward, terminated, truncated, _ = self.envs.envs[0].step(actions[0])
-        return (np.array(obs, dtype=self.envs.single_observation_space.dtype)[None],
+        return (_as_batch(obs, self.envs.single_observation_space.dtype),
                 np.array([reward], dtype=np.float64), np.array([terminated]), np.array([truncated]))
 
     def _reset(self, mask: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
@@ -116,9 +136,7 @@ class Collector:
         self.episode_length[mask] = 0
         if obs is None:
             return reset_obs
-        obs = obs.copy()
-        obs[mask] = reset_obs[mask]
-        return obs
+        return _replace_rows(obs, mask, reset_obs)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -159,4 +177,6 @@ class Collector:
             if len(self.episode_actions[i]) in resets:
                 obs, _ = env.reset()
             observations.append(obs)
+        if isinstance(observations[0], dict):
+            return {k: np.stack([o[k] for o in observations]) for k in observations[0]}
         return np.stack(observations)

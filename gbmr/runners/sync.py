@@ -22,7 +22,7 @@ from gbmr.config import RunConfig
 from gbmr.core.run_dir import EPISODE_COLUMNS, EVAL_COLUMNS, LEARNER_COLUMNS, CsvLog, RunDir
 from gbmr.core.seeding import derive_seed
 from gbmr.core.state import to_numpy, to_saveable
-from gbmr.runners.collector import Collector
+from gbmr.runners.collector import Collector, batch_of_one
 
 EVAL_STREAM = 1_000_000  # evaluation episodes' seed stream (training env i uses stream i)
 LOG_EVERY = 1000  # env steps between TensorBoard points of the training curves (and progress bar updates)
@@ -39,7 +39,7 @@ def evaluate(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_in
         agent.begin_evaluation_episode()
         done, steps = False, 0
         while not done:
-            action = agent.act(obs[None], explore=False)[0]
+            action = agent.act(batch_of_one(obs), explore=False)[0]
             obs, reward, terminated, truncated, _ = env.step(action)
             returns[k] += float(reward)
             steps += 1
