@@ -112,12 +112,14 @@ def test_ids_and_options_are_validated() -> None:
 # ---------------------------------------------------------------------------------------------- the game
 @needs_mario
 def test_ram_shortcut_plays_the_same_game() -> None:
-    """Our subclass reads RAM from the emulator on demand; the package's env copies it all each frame. Same
-    frames, same infos, same rewards for 120 random frames."""
+    """Our subclass reads RAM from the emulator on demand and starts from the title-screen state its first
+    instance reached; the package's env copies all RAM each frame and presses through the title every time.
+    Same frames, same infos, same rewards for 120 random frames."""
     from gymnasium_mariobros.smb_env import SuperMarioBrosEnv
 
     from gbmr.envs.mario import make_game
 
+    make_game("SuperMarioBros-1-1-v0").close()  # keeps the start state for the next instance
     ours, theirs = make_game("SuperMarioBros-1-1-v0"), SuperMarioBrosEnv(target=(1, 1))
     a, _ = ours.reset()
     b, _ = theirs.reset()
@@ -170,11 +172,11 @@ def test_reset_seed_and_actions_fix_the_episode() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("actions", ["simple", "press_duration"])
 def test_ppo_smoke_run_logs_the_terms(tmp_path, actions: str) -> None:
-    """A short PPO run (4 envs: the vector env's infos) writes a complete folder; each episode's return is the sum
-    of its logged shaping terms."""
+    """A short PPO run (mario preset, 2 envs: the vector env's infos) writes a complete folder; each episode's
+    return is the sum of its logged shaping terms; ``gbmr eval --video`` records the game."""
     run = tmp_path / "run"
-    assert main(["train", "--algo", "ppo", "--env", "SuperMarioBros-1-1-v0", "--total-steps", "128",
-                 "--no-progress", "--run-dir", str(run), "--set", "n_steps=64", "--set", "num_minibatches=2",
+    assert main(["train", "--algo", "ppo", "--env", "SuperMarioBros-1-1-v0", "--total-steps", "128", "--num-envs", "2",
+                 "--no-progress", "--run-dir", str(run), "--set", "n_steps=32", "--set", "num_minibatches=2",
                  "--set", "update_epochs=1", "--set", "eval_every=128", "--set", "eval_episodes=1",
                  "--set", "eval_max_steps=60", "--set", f"env_options.actions={actions}",
                  "--set", "env_options.max_episode_steps=20"]) == 0
@@ -193,3 +195,5 @@ def test_ppo_smoke_run_logs_the_terms(tmp_path, actions: str) -> None:
     assert len(shares) == 7
     if actions == "simple":  # action shares of the evaluation's decisions
         assert sum(float(eval_row[eval_header.index(n)]) for n in shares) == pytest.approx(1.0)
+        assert main(["eval", str(run), "--episodes", "1", "--video"]) == 0
+        assert list((run / "videos").glob("*.mp4"))

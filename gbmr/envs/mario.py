@@ -227,6 +227,9 @@ class LiveRAM:
         self._nes[address] = int(value) & 0xFF
 
 
+_START_STATES: dict[tuple, tuple[np.ndarray, int]] = {}  # (ROM, world, stage) -> emulator state after the title
+
+
 @cache
 def game_class() -> type:
     """``SuperMarioBrosEnv`` reading RAM on demand, with a ``dead`` flag in its info (imported lazily: the
@@ -257,6 +260,17 @@ def game_class() -> type:
 
         def _get_info(self) -> dict[str, Any]:
             return {**super()._get_info(), "dead": bool(self._is_dying or self._is_dead)}
+
+        def _skip_start_screen(self) -> None:
+            """Pressing through the title screen takes ~1 s per env; the emulator is deterministic, so the
+            state it ends in is kept for the next env of the same ROM and stage."""
+            key = (self._rom_path, self._target_world, self._target_stage)
+            if key in _START_STATES:
+                state, self._time_last = _START_STATES[key]
+                self._nes.load(state)
+                return
+            super()._skip_start_screen()
+            _START_STATES[key] = (self._nes.save(), self._time_last)
 
     return SuperMarioBrosFrames
 
