@@ -112,15 +112,16 @@ def test_ids_and_options_are_validated() -> None:
 # ---------------------------------------------------------------------------------------------- the game
 @needs_mario
 def test_ram_shortcut_plays_the_same_game() -> None:
-    """Our subclass reads RAM from the emulator on demand and starts from the title-screen state its first
-    instance reached; the package's env copies all RAM each frame and presses through the title every time.
-    Same frames, same infos, same rewards for 120 random frames."""
+    """Our subclass reads RAM from the emulator on demand; the package's env copies all of it each frame. From the
+    same start state: same frames, same infos, same rewards for 120 random frames."""
     from gymnasium_mariobros.smb_env import SuperMarioBrosEnv
 
-    from gbmr.envs.mario import make_game
+    from gbmr.envs.mario import make_game, start_state
 
-    make_game("SuperMarioBros-1-1-v0").close()  # keeps the start state for the next instance
     ours, theirs = make_game("SuperMarioBros-1-1-v0"), SuperMarioBrosEnv(target=(1, 1))
+    theirs._nes.load(start_state("vanilla", (1, 1))[0])
+    theirs._time_last = start_state("vanilla", (1, 1))[1]
+    theirs._backup()
     a, _ = ours.reset()
     b, _ = theirs.reset()
     assert np.array_equal(a, b)
@@ -133,6 +134,34 @@ def test_ram_shortcut_plays_the_same_game() -> None:
         assert {k: v for k, v in ia.items() if k != "dead"} == ib
         if ta:
             break
+
+
+def play_frames() -> np.ndarray:
+    """A fixed 100-frame game of 1-1 from reset (every fourth pixel)."""
+    from gbmr.envs.mario import make_game
+
+    env = make_game("SuperMarioBros-1-1-v0")
+    frames = [env.reset()[0]] + [env.step(0x81 if t % 9 == 0 else 1)[0] for t in range(100)]
+    return np.stack(frames)[:, ::4, ::4]
+
+
+@needs_mario
+def test_every_process_plays_the_same_game() -> None:
+    """cynes' title-screen pass differs between NES instances of a process (the clock a tick apart), so the start
+    state comes from a fresh interpreter: here, after other NES instances were made, as in a new process (a
+    resumed run)."""
+    import io
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gymnasium_mariobros.smb_env import SuperMarioBrosEnv
+
+    SuperMarioBrosEnv(target=(1, 1)).close()
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import numpy as np; "
+              "from test_mario import play_frames; np.save(sys.stdout.buffer, play_frames())")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout
+    assert np.array_equal(play_frames(), np.load(io.BytesIO(out)))
 
 
 @needs_mario
@@ -159,7 +188,7 @@ def test_reset_seed_and_actions_fix_the_episode() -> None:
         env = make_env("SuperMarioBros-1-1-v0", actions="right_only", noop_max=30)
         obs, _ = env.reset(seed=seed)
         frames = [obs]
-        for action in [1, 2, 2, 4, 1, 3] * 5:
+        for action in [1, 2, 2, 4, 1, 3] * 3:
             frames.append(env.step(action)[0])
         return frames
 
@@ -193,6 +222,13 @@ def test_ppo_smoke_run_logs_the_terms(tmp_path, actions: str) -> None:
     assert set(terms) | {"x_pos", "flag"} <= set(eval_header)
     shares = [name for name in eval_header if name.startswith("held_" if actions == "press_duration" else "action_")]
     assert len(shares) == 7
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert {"train/x_pos", "train/reward_death", "eval/x_pos", "eval/reward_progress", "eval/flag"} <= set(
+        events.Tags()["scalars"])
+    assert ("eval/actions" if actions == "simple" else "eval/action_6") in events.Tags()["histograms"]
     if actions == "simple":  # action shares of the evaluation's decisions
         assert sum(float(eval_row[eval_header.index(n)]) for n in shares) == pytest.approx(1.0)
         assert main(["eval", str(run), "--episodes", "1", "--video"]) == 0
