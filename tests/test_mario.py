@@ -233,3 +233,28 @@ def test_ppo_smoke_run_logs_the_terms(tmp_path, actions: str) -> None:
         assert sum(float(eval_row[eval_header.index(n)]) for n in shares) == pytest.approx(1.0)
         assert main(["eval", str(run), "--episodes", "1", "--video"]) == 0
         assert list((run / "videos").glob("*.mp4"))
+
+
+@needs_mario
+def test_collector_resume_rebuilds_a_press_duration_episode() -> None:
+    """The runner's exact resume on Mario: a new collector (new envs) loaded from the state mid-episode replays
+    the actions, and the game, the held buttons and the running episode metrics go on exactly as before."""
+    from gbmr.envs import make_vector_env
+    from gbmr.runners.collector import Collector
+
+    options = {"actions": "press_duration", "max_episode_steps": 30}
+    first = Collector(make_vector_env("SuperMarioBros-1-1-v0", 1, **options), seed=5)
+    first.start()
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(20, 1, 7)).astype(np.float32)
+    for a in actions[:12]:
+        first.step(a)
+    second = Collector(make_vector_env("SuperMarioBros-1-1-v0", 1, **options), seed=5)
+    second.load_state_dict(first.state_dict())
+    assert np.array_equal(first.obs, second.obs)
+    old_env, new_env = first.envs.envs[0], second.envs.envs[0]
+    for a in actions[12:]:
+        s1, s2 = first.step(a), second.step(a)
+        assert np.array_equal(s1.next_obs, s2.next_obs) and np.array_equal(s1.rewards, s2.rewards)
+        assert s1.finished == s2.finished
+    assert np.array_equal(old_env.get_wrapper_attr("remaining"), new_env.get_wrapper_attr("remaining"))
