@@ -204,7 +204,8 @@ def test_minigrid_maze_views_and_actions() -> None:
 
 def test_listing_and_families() -> None:
     ids = list_env_ids()
-    assert set(ids) == {"classic", "minatar", "atari", "maze", "memory"}
+    assert set(ids) == {"classic", "minatar", "atari", "maze", "memory", "mario"}
+    assert {"SuperMarioBros-1-1-v0", "SuperMarioBros-8-4-v3", "SuperMarioBros-v0"} <= set(ids["mario"])
     for game in ("MsPacman", "Alien", "Pong", "Frostbite", "Hero", "Breakout"):
         assert f"ALE/{game}-v5" in ids["atari"]
     assert ids["minatar"] == sorted(
