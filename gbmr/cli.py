@@ -141,8 +141,9 @@ def default_run_dir(algo: str, env: str, seed: int) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from gbmr.envs import make_env
+    from gbmr.envs.registry import episode_metric_names
     from gbmr.experiment.train import load_trained_agent
-    from gbmr.runners.sync import evaluate
+    from gbmr.runners.sync import evaluate_episodes, mean_metrics
 
     if args.episodes < 1:
         raise GbmrError(f"--episodes must be at least 1, got {args.episodes}")
@@ -156,10 +157,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise GbmrError(f"environment '{config.env}' cannot render frames, so --video is not available")
         env = RecordVideo(env, str(Path(args.run_dir) / "videos"), episode_trigger=lambda _: True,
                           disable_logger=True)
-    returns = evaluate(agent, env, args.episodes, args.seed, max_steps=config.eval_max_steps)
+    result = evaluate_episodes(agent, env, args.episodes, args.seed, max_steps=config.eval_max_steps)
+    returns = result.returns
     env.close()
     print(f"{config.algo} on {config.env}: {args.episodes} episodes")
     print(f"mean {returns.mean():.2f}  std {returns.std():.2f}  min {returns.min():.2f}  max {returns.max():.2f}")
+    env_means = mean_metrics(result.metrics, episode_metric_names(env))
+    if env_means:  # e.g. Mario's shaping terms, x position and flags, means over the episodes
+        print("  ".join(f"{name} {value:.3g}" for name, value in env_means.items()))
     if args.video:
         print(f"videos in {Path(args.run_dir) / 'videos'}")
     return 0

@@ -1,6 +1,6 @@
 """Environment ids, option checking, and the two helpers several families share.
 
-Each family module (``classic``, ``minatar``, ``atari``, ``maze``, ``memory``) exposes ``env_ids()``,
+Each family module (``classic``, ``minatar``, ``atari``, ``maze``, ``memory``, ``mario``) exposes ``env_ids()``,
 ``options(env_id)`` (valid options with their defaults) and ``make(env_id, *, training, render_mode, **options)``.
 This module dispatches to them and imports them lazily, so ``import gbmr.envs`` stays cheap (MinAtar alone takes
 ~2 s to import) and a broken optional dependency only hurts its own family. An id none of them has goes to the
@@ -20,7 +20,8 @@ from gymnasium.spaces import Box
 
 from gbmr.core.errors import GbmrError, unknown_choice
 
-FAMILIES = ("classic", "minatar", "atari", "maze", "memory", "mpe", "lbf")  # fixed lists of ids, tried in this order
+FAMILIES = ("classic", "minatar", "atari", "maze", "memory", "mpe", "lbf", "mario")  # fixed lists of ids, tried
+# in this order
 GENERIC = "gym"  # the family of module ``generic``, tried last: whatever Gymnasium has registered
 _LISTED = 12  # a family with more ids (Atari: >100) is summarised in the unknown-id error
 
@@ -157,3 +158,22 @@ class LayoutSchedule:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._episode_count = int(state["episode"])
+
+
+EPISODE_METRICS = "episode_metrics"  # info key: the episode's running metrics, logged when it ends
+
+
+def merge_episode_metrics(info: dict[str, Any], metrics: dict[str, float]) -> dict[str, float]:
+    """The ``info[EPISODE_METRICS]`` of an inner wrapper with ``metrics`` added (wrappers stack their own)."""
+    return {**info.get(EPISODE_METRICS, {}), **metrics}
+
+
+def episode_metric_names(env: gym.Env) -> tuple[str, ...]:
+    """Names of the per-episode metrics an env reports in ``info[EPISODE_METRICS]`` (columns of metrics.csv and
+    eval.csv). An env declares them as ``episode_metric_names`` on its outermost wrapper; most envs have none.
+    The running values sit in every step's info, so the episode's last info holds them whichever wrapper
+    (a time limit, say) ends it."""
+    try:
+        return tuple(env.get_wrapper_attr("episode_metric_names"))
+    except AttributeError:
+        return ()

@@ -15,13 +15,15 @@ import gymnasium as gym
 import numpy as np
 
 from gbmr.core.seeding import derive_seed
+from gbmr.envs.registry import EPISODE_METRICS
 
 TRAIN_STREAM = 0  # seed streams: training episodes of env i use stream i, evaluation its own range
 
 
 class Step(NamedTuple):
     """One vector step. ``next_obs`` holds the true final observation where an episode ended; ``finished``
-    lists (env, return, length) of those episodes, in env order."""
+    lists (env, return, length, metrics) of those episodes, in env order: ``metrics`` is what the env reported in
+    its last ``info["episode_metrics"]`` (empty for most envs)."""
 
     obs: np.ndarray
     actions: np.ndarray
@@ -29,7 +31,7 @@ class Step(NamedTuple):
     next_obs: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
-    finished: list[tuple[int, float, int]]
+    finished: list[tuple[int, float, int, dict[str, float]]]
 
 
 def batch_of_one(obs: Any) -> Any:
@@ -90,26 +92,26 @@ class Collector:
         """Step every env with ``actions``, account the episodes, reset the ones that ended (``self.obs`` is
         then the next observations to act on)."""
         obs = self.obs
-        next_obs, rewards, terminated, truncated = self._step_envs(actions)
+        next_obs, rewards, terminated, truncated, infos = self._step_envs(actions)
         for i in range(self.num_envs):
             self.episode_actions[i].append(actions[i])
         self.episode_return += rewards
         self.episode_length += 1
         done = terminated | truncated
-        finished = [(int(i), float(self.episode_return[i]), int(self.episode_length[i])) for i in np.flatnonzero(done)]
+        finished = [(int(i), float(self.episode_return[i]), int(self.episode_length[i]), _episode_metrics(infos, i))
+                    for i in np.flatnonzero(done)]
         self.obs = self._reset(done, next_obs) if done.any() else next_obs
         return Step(obs, actions, rewards, next_obs, terminated, truncated, finished)
 
-    def _step_envs(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``envs.step`` without the infos (nothing reads them). A single environment is stepped directly,
-        with the vector env's results (batched, copied, in the space's dtype) at half its ~12 us a step;
-        the vector env, which does not autoreset, keeps no state that this skips."""
+    def _step_envs(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list | dict]:
+        """``envs.step``. A single environment is stepped directly, with the vector env's results (batched,
+        copied, in the space's dtype) at half its ~12 us a step; the vector env, which does not autoreset, keeps
+        no state that this skips. The infos come as the vector env's dict of arrays, or a list of one info."""
         if self.num_envs > 1:
-            obs, rewards, terminated, truncated, _ = self.envs.step(actions)
-            return obs, rewards, terminated, truncated
-        obs, reward, terminated, truncated, _ = self.envs.envs[0].step(actions[0])
+            return self.envs.step(actions)
+        obs, reward, terminated, truncated, info = self.envs.envs[0].step(actions[0])
         return (_as_batch(obs, self.envs.single_observation_space.dtype),
-                np.array([reward], dtype=np.float64), np.array([terminated]), np.array([truncated]))
+                np.array([reward], dtype=np.float64), np.array([terminated]), np.array([truncated]), [info])
 
     def _reset(self, mask: np.ndarray, obs: np.ndarray | None = None) -> np.ndarray:
         """Reset the masked environments with their next episode seeds; return the batch of observations.
@@ -180,3 +182,12 @@ class Collector:
         if isinstance(observations[0], dict):
             return {k: np.stack([o[k] for o in observations]) for k in observations[0]}
         return np.stack(observations)
+
+
+def _episode_metrics(infos: list | dict, i: int) -> dict[str, float]:
+    """Env ``i``'s ``info["episode_metrics"]`` from a list of infos or a vector env's dict of arrays (where each
+    key has a mask ``_key`` saying which envs reported it)."""
+    if isinstance(infos, list):
+        return {k: float(v) for k, v in infos[i].get(EPISODE_METRICS, {}).items()}
+    metrics = infos.get(EPISODE_METRICS, {})
+    return {k: float(v[i]) for k, v in metrics.items() if not k.startswith("_") and metrics[f"_{k}"][i]}

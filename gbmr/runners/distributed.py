@@ -133,7 +133,7 @@ class RolloutActor:
                 self.agent.observe(*step[:6])
             else:
                 transitions.append(step[:6])
-            finished += [(t, int(self.env_ids[i]), ret, length) for i, ret, length in step.finished]
+            finished += [(t, int(self.env_ids[i]), ret, length, extra) for i, ret, length, extra in step.finished]
         if self.on_policy and self.agent.storage.full:
             storage = self.agent.storage
             batch = {"data": {k: v.clone() for k, v in storage.data.items()}, "last_values": storage.last_values}
@@ -262,11 +262,11 @@ class DistributedRunner(SyncRunner):
             self.writer.add_scalar("distributed/lag", lag, self.step)
         self.distributed_rows = self.log.rows
 
-    def _end_episodes(self, finished: list[tuple[int, int, float, int]], base_step: int, envs: int) -> None:
+    def _end_episodes(self, finished: list[tuple[int, int, float, int, dict]], base_step: int, envs: int) -> None:
         """metrics.csv rows in the order one process writes them: by step, then env; ``step`` as it was then."""
-        for t, _, ret, length in sorted(finished):
+        for t, _, ret, length, extra in sorted(finished, key=lambda f: f[:2]):
             self.step = base_step + (t + 1) * envs
-            self._end_episode(ret, length, self.metrics)
+            self._end_episode(ret, length, self.metrics, extra)
 
     def _learn_rollout(self, results: list[dict[str, Any]]) -> None:
         """Sync, on-policy: join the actors' [T, M] slices into the [T, N] rollout and learn from it."""
@@ -313,7 +313,7 @@ class DistributedRunner(SyncRunner):
         the steps and episodes)."""
         n, base = envs or self.config.num_envs, self.step
         batches = [result["batch"] for result in results]
-        finished = sorted(f for result in results for f in result["finished"])
+        finished = sorted((f for result in results for f in result["finished"]), key=lambda f: f[:2])
         for t in range(steps):
             if observe:
                 row = [np.concatenate([b[name][t] for b in batches]) for name in
@@ -321,8 +321,8 @@ class DistributedRunner(SyncRunner):
                 self.agent.observe(*row)
                 self._accumulate(self.agent.update())
             self.step = base + (t + 1) * n
-            for _, _, ret, length in (f for f in finished if f[0] == t):
-                self._end_episode(ret, length, self.metrics)
+            for _, _, ret, length, extra in (f for f in finished if f[0] == t):
+                self._end_episode(ret, length, self.metrics, extra)
         if observe:
             self.version += 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -22,6 +22,7 @@ from gbmr.config import RunConfig
 from gbmr.core.run_dir import EPISODE_COLUMNS, EVAL_COLUMNS, LEARNER_COLUMNS, CsvLog, RunDir
 from gbmr.core.seeding import derive_seed
 from gbmr.core.state import to_numpy, to_saveable
+from gbmr.envs.registry import EPISODE_METRICS, episode_metric_names
 from gbmr.runners.collector import Collector, batch_of_one
 
 EVAL_STREAM = 1_000_000  # evaluation episodes' seed stream (training env i uses stream i)
@@ -29,22 +30,47 @@ LOG_EVERY = 1000  # env steps between TensorBoard points of the training curves 
 TENSORBOARD_TAGS = {"return": "episode_return", "length": "episode_length"}
 
 
-def evaluate(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_index: int = 0,
-             max_steps: int = 27_000) -> np.ndarray:
-    """Returns of ``episodes`` greedy episodes, each reset with its own deterministic seed and cut at
-    ``max_steps`` (a greedy policy can stall forever where the environment has no time limit)."""
+class Evaluation(NamedTuple):
+    """Greedy episodes: their returns, the env's episode metrics (one dict per episode; see
+    registry.episode_metric_names) and every action taken, in order."""
+
+    returns: np.ndarray
+    metrics: list[dict[str, float]]
+    actions: np.ndarray
+
+
+def evaluate_episodes(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_index: int = 0,
+                      max_steps: int = 27_000) -> Evaluation:
+    """``episodes`` greedy episodes, each reset with its own deterministic seed and cut at ``max_steps`` (a
+    greedy policy can stall forever where the environment has no time limit)."""
     returns = np.zeros(episodes)
+    metrics: list[dict[str, float]] = []
+    actions: list[Any] = []
     for k in range(episodes):
-        obs, _ = env.reset(seed=derive_seed(base_seed, EVAL_STREAM, first_index + k))
+        obs, info = env.reset(seed=derive_seed(base_seed, EVAL_STREAM, first_index + k))
         agent.begin_evaluation_episode()
         done, steps = False, 0
         while not done:
             action = agent.act(batch_of_one(obs), explore=False)[0]
-            obs, reward, terminated, truncated, _ = env.step(action)
+            actions.append(action)
+            obs, reward, terminated, truncated, info = env.step(action)
             returns[k] += float(reward)
             steps += 1
             done = terminated or truncated or steps >= max_steps
-    return returns
+        metrics.append({key: float(v) for key, v in info.get(EPISODE_METRICS, {}).items()})
+    return Evaluation(returns, metrics, np.asarray(actions))
+
+
+def evaluate(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_index: int = 0,
+             max_steps: int = 27_000) -> np.ndarray:
+    """Returns of ``episodes`` greedy episodes (evaluate_episodes without the rest)."""
+    return evaluate_episodes(agent, env, episodes, base_seed, first_index, max_steps).returns
+
+
+def mean_metrics(metrics: list[dict[str, float]], names: tuple[str, ...]) -> dict[str, float]:
+    """The mean over episodes of each named metric the episodes reported."""
+    return {name: float(np.mean(values)) for name in names
+            if (values := [m[name] for m in metrics if name in m])}
 
 
 class SyncRunner:
@@ -84,9 +110,11 @@ class SyncRunner:
         else:
             self._start()
         runner = checkpoint["runner"] if resuming else {}
-        columns = EPISODE_COLUMNS + tuple(self.agent.metric_names)
+        self.env_metric_names = episode_metric_names(self.eval_env)  # e.g. Mario's shaping terms, x, flags
+        columns = EPISODE_COLUMNS + self.env_metric_names + tuple(self.agent.metric_names)
         self.metrics = CsvLog(self.run.metrics, columns, runner["metrics_rows"] if resuming else None)
-        self.evals = CsvLog(self.run.eval, EVAL_COLUMNS, runner["eval_rows"] if resuming else None)
+        self.evals = CsvLog(self.run.eval, EVAL_COLUMNS + self.env_metric_names,
+                            runner["eval_rows"] if resuming else None)
         self.learner = CsvLog(self.run.learner, LEARNER_COLUMNS + tuple(self.agent.metric_names),
                               runner.get("learner_rows", 0) if resuming else None)
         # The checkpoint's own step was fully logged before it was saved (evaluation, TensorBoard points): keep it.
@@ -127,8 +155,8 @@ class SyncRunner:
         self.agent.observe(*step[:6])
         self._accumulate(self.agent.update())
         self.step += self.collector.num_envs
-        for _, ret, length in step.finished:
-            self._end_episode(ret, length, self.metrics)
+        for _, ret, length, env_metrics in step.finished:
+            self._end_episode(ret, length, self.metrics, env_metrics)
 
     def _bookkeeping(self) -> None:
         """Evaluate, checkpoint and log where the step counter has passed their multiples."""
@@ -153,9 +181,11 @@ class SyncRunner:
             self.clock, self.clock_step = now, self.step
             self.next_log = _next_multiple(self.step, LOG_EVERY)
 
-    def _end_episode(self, ret: float, length: int, metrics: CsvLog) -> None:
+    def _end_episode(self, ret: float, length: int, metrics: CsvLog, env_metrics: dict[str, float] | None = None
+                     ) -> None:
         self.episodes += 1
         row = {"step": self.step, "episode": self.episodes, "return": ret, "length": length}
+        row.update({k: v for k, v in (env_metrics or {}).items() if k in self.env_metric_names})
         for key, total in self.metric_sums.items():
             row[key] = total / self.metric_counts[key]
         self.metric_sums, self.metric_counts = {}, {}
@@ -192,13 +222,18 @@ class SyncRunner:
 
     def _evaluate(self, evals: CsvLog, writer: SummaryWriter) -> None:
         cfg = self.config
-        returns = evaluate(self.agent, self.eval_env, cfg.eval_episodes, cfg.seed,
-                           first_index=self.evaluations * cfg.eval_episodes, max_steps=cfg.eval_max_steps)
+        result = evaluate_episodes(self.agent, self.eval_env, cfg.eval_episodes, cfg.seed,
+                                   first_index=self.evaluations * cfg.eval_episodes, max_steps=cfg.eval_max_steps)
+        returns = result.returns
         self.evaluations += 1
         row = {"step": self.step, "mean_return": float(returns.mean()), "std_return": float(returns.std()),
                "min_return": float(returns.min()), "max_return": float(returns.max()), "episodes": len(returns)}
-        evals.write(row)
+        env_means = mean_metrics(result.metrics, self.env_metric_names)
+        evals.write({**row, **env_means})
         writer.add_scalar("eval/mean_return", row["mean_return"], self.step)
+        for name, value in env_means.items():
+            writer.add_scalar(f"eval/{name}", value, self.step)
+        log_action_histograms(writer, result.actions, self.step)
 
     def _accumulate(self, metrics: dict[str, float]) -> None:
         if metrics:
@@ -243,6 +278,18 @@ class SyncRunner:
 
     def _load_collection(self, runner: dict[str, Any]) -> None:
         self.collector.load_state_dict(runner)
+
+
+def log_action_histograms(writer: SummaryWriter, actions: np.ndarray, step: int) -> None:
+    """TensorBoard histograms of the actions an evaluation took: one over the indices of a discrete space, one per
+    dimension of a continuous one."""
+    if actions.size == 0:
+        return
+    if actions.ndim == 1:
+        writer.add_histogram("eval/actions", actions, step)
+        return
+    for d in range(actions.shape[1]):
+        writer.add_histogram(f"eval/action_{d}", actions[:, d], step)
 
 
 def _next_multiple(step: int, every: int) -> int:
