@@ -2,10 +2,12 @@
 
 Two environments: CartPole-v1 (CPU-bound and cheap: shows the overhead of moving rollouts through Ray) and a
 simulated slow environment (CartPole sleeping ``--delay`` s a step, ``gbmr.envs.slow``), where actors overlap the
-waiting and scaling shows beyond this machine's 2 cores. Same PPO config everywhere (8 envs x 32 steps per
-rollout, hidden [64, 64]). The clock runs from the end of the first batch (one vector step for the single
-process) to the end of the run, so it measures the steady state of both sides, not the actors' start-up (a few
-seconds of process start and imports, also printed). Ray is started once, with as many CPUs as the most actors.
+waiting and scaling shows beyond this machine's 2 cores. Same PPO config for both (the classic preset with 8 envs
+x 32 steps per rollout, hidden [64, 64]); an image env given with ``--envs`` (ALE/..., SuperMarioBros-...) uses its
+family's preset (CNN) with 32-step rollouts. The clock runs from the end of the first batch (one vector step for
+the single process) to the end of the run, so it measures the steady state of both sides, not the actors'
+start-up (a few seconds of process start and imports, also printed). Ray is started once, with as many CPUs as
+the most actors.
 
     python benchmarks/distributed.py [--steps 16384] [--delay 0.002] [--actors 1 2 4 8] [--modes sync async]
 """
@@ -17,7 +19,7 @@ import tempfile
 import time
 
 from gbmr.agents import agent_class
-from gbmr.config import build_config
+from gbmr.config import build_config, default_preset
 from gbmr.envs import env_family
 from gbmr.experiment.train import start_run
 from gbmr.runners.distributed import connect_ray
@@ -30,8 +32,11 @@ def steps_per_second(env_id: str, steps: int, actors: int, delay: float, mode: s
                      ) -> tuple[float, float]:
     """(steady-state env steps/s, seconds before the first batch was in)."""
     options = {"env_options": {"delay": delay}} if env_id == SLOW else {}
-    config = build_config("ppo", env_id, agent_class("ppo").Config, env_family(env_id), preset="classic",
-                          overrides=["n_steps=32", "hidden=[64,64]"], seed=0, total_steps=steps, num_envs=8,
+    family = env_family(env_id)
+    preset, overrides = ("classic", ["n_steps=32", "hidden=[64,64]"]) if family in ("classic", "gym") else (
+        default_preset("ppo", family), ["n_steps=32"])  # image envs: the family's preset (its CNN)
+    config = build_config("ppo", env_id, agent_class("ppo").Config, family, preset=preset,
+                          overrides=overrides, seed=0, total_steps=steps, num_envs=8,
                           eval_every=0, eval_episodes=0, checkpoint_every=0, actors=actors, mode=mode,
                           **options)
     marks: list[tuple[float, int]] = []
