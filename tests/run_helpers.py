@@ -29,3 +29,18 @@ def kill_twice(train_args, run, total_steps):
         proc.wait()
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "running" and status["step"] < total_steps, "the run finished before it was killed"
+
+
+def assert_resume_equals_uninterrupted(train_args, tmp_path, total_steps,
+                                       logs=("metrics.csv", "eval.csv", "learner.csv")):
+    """Train ``train_args`` once uninterrupted and once SIGKILLed twice and resumed (``kill_twice``): the named
+    logs must be equal. Returns the (reference, resumed) run folders for further checks."""
+    from gbmr.cli import main
+
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    assert main(["train", *train_args, "--run-dir", str(reference)]) == 0
+    kill_twice(train_args, run, total_steps)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    for name in logs:
+        assert read_rows(run / name) == read_rows(reference / name), name
+    return reference, run

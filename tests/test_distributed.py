@@ -9,7 +9,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from run_helpers import kill_twice, read_rows
+from run_helpers import assert_resume_equals_uninterrupted, read_rows
 
 from gbmr.cli import main
 from gbmr.core.run_dir import RunDir
@@ -139,12 +139,8 @@ def test_a_killed_learner_resumes_to_the_uninterrupted_run(tmp_path):
     from the states in the checkpoint, and the run writes what an uninterrupted one writes."""
     args = [*PPO, "--total-steps", "30720", "--actors", "2", "--set", "checkpoint_every=512",
             "--set", "eval_every=10240"]
-    reference, run = tmp_path / "reference", tmp_path / "run"
-    train(*args, "--run-dir", str(reference))
-    kill_twice(args, run, 30720)
-    train("--resume", str(run), "--no-progress")
-    for name in ("metrics.csv", "eval.csv", "learner.csv", "distributed.csv"):
-        assert read_rows(run / name) == read_rows(reference / name), name
+    assert_resume_equals_uninterrupted(args, tmp_path, 30720,
+                                       logs=("metrics.csv", "eval.csv", "learner.csv", "distributed.csv"))
 
 
 @pytest.mark.slow

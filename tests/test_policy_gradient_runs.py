@@ -4,7 +4,7 @@ and the errors for what an algorithm cannot take."""
 import numpy as np
 import pytest
 import torch
-from run_helpers import kill_twice, read_rows
+from run_helpers import assert_resume_equals_uninterrupted, read_rows
 
 from gbmr.agents import agent_class
 from gbmr.cli import main
@@ -71,14 +71,7 @@ def test_ppo_same_seed_same_run(tmp_path):
 def test_ppo_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """Checkpoints fall mid-rollout (every 250 steps, rollouts of 128): the storage and the sampling generator
     come back with the run."""
-    reference = tmp_path / "reference"
-    train(*PPO_SMALL, "--run-dir", str(reference))
-    run = tmp_path / "killed"
-    kill_twice(PPO_SMALL, run, 6000)
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    assert read_rows(run / "metrics.csv") == read_rows(reference / "metrics.csv")
-    assert read_rows(run / "eval.csv") == read_rows(reference / "eval.csv")
-    assert read_rows(run / "learner.csv") == read_rows(reference / "learner.csv")
+    assert_resume_equals_uninterrupted(PPO_SMALL, tmp_path, 6000)
 
 
 def test_learner_metrics_have_rows_of_their_own(tmp_path):
@@ -127,13 +120,7 @@ TRANSFORMER_SMALL = ["--algo", "ppo-transformer", "--env", "CartPole-v1", "--see
 
 def test_ppo_transformer_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """The KV cache and the context before the rollout are in the checkpoint (mid-rollout: every 150 steps)."""
-    reference = tmp_path / "reference"
-    train(*TRANSFORMER_SMALL, "--run-dir", str(reference))
-    run = tmp_path / "killed"
-    kill_twice(TRANSFORMER_SMALL, run, 4000)
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    for name in ("metrics.csv", "eval.csv", "learner.csv"):
-        assert read_rows(run / name) == read_rows(reference / name), name
+    assert_resume_equals_uninterrupted(TRANSFORMER_SMALL, tmp_path, 4000)
 
 
 def test_ppo_transformer_trains_on_what_it_acted_on(tmp_path):

@@ -4,7 +4,7 @@ individual TD errors and selection, the agent nets' two paths, exact resume, and
 import numpy as np
 import pytest
 import torch
-from run_helpers import kill_twice, read_rows
+from run_helpers import assert_resume_equals_uninterrupted, read_rows
 
 from gbmr.agents.differ import (
     DIFFERConfig,
@@ -198,13 +198,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, algo):
     """DIFFER with experience sharing by probability (QMIX plus the selection's and the sharing's draws): the
     episode buffer, the episodes in progress, the GRU's memory, both generators and the optimisers come back."""
     args = ["--algo", algo, *SMALL, "--set", "experience_sharing=true", "--set", "share_mode=probability"]
-    reference = tmp_path / "reference"
-    assert main(["train", *args, "--run-dir", str(reference)]) == 0
-    run = tmp_path / "killed"
-    kill_twice(args, run, 1200)
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    for name in ("metrics.csv", "eval.csv", "learner.csv"):
-        assert read_rows(run / name) == read_rows(reference / name), name
+    reference, _ = assert_resume_equals_uninterrupted(args, tmp_path, 1200)
     assert len(read_rows(reference / "learner.csv")) > 1
 
 

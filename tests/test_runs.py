@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from run_helpers import kill_twice, read_rows
+from run_helpers import assert_resume_equals_uninterrupted, read_rows
 
 from gbmr.cli import main
 
@@ -58,13 +58,8 @@ def test_same_seed_same_metrics(tmp_path):
 
 @pytest.mark.parametrize("num_envs", ["1", "2"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, num_envs):
-    reference = tmp_path / "reference"
-    train(reference, "--num-envs", num_envs)
-    run = tmp_path / "killed"
-    kill_twice([*SMALL, "--num-envs", num_envs], run, 3000)
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    assert read_rows(run / "metrics.csv") == read_rows(reference / "metrics.csv")
-    assert read_rows(run / "eval.csv") == read_rows(reference / "eval.csv")
+    assert_resume_equals_uninterrupted([*SMALL, "--num-envs", num_envs], tmp_path, 3000,
+                                       logs=("metrics.csv", "eval.csv"))
 
 
 def test_eval_reports_statistics(tmp_path, capsys):

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from run_helpers import kill_twice, read_rows
+from run_helpers import assert_resume_equals_uninterrupted, read_rows
 
 from gbmr.agents.ddpg import DDPGAgent, DDPGConfig
 from gbmr.agents.sac import SACAgent, SACConfig, discrete_soft_q_target, soft_q_target, temperature_loss
@@ -202,13 +202,7 @@ SMALL_SAC = ["--algo", "sac", "--env", "Pendulum-v1", "--seed", "2", "--total-st
 
 
 def test_sac_resumes_exactly_after_kills(tmp_path, one_thread):
-    reference = tmp_path / "reference"
-    assert main(["train", *SMALL_SAC, "--run-dir", str(reference)]) == 0
-    run = tmp_path / "killed"
-    kill_twice(SMALL_SAC, run, 1200)
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    for name in ("metrics.csv", "eval.csv", "learner.csv"):
-        assert read_rows(run / name) == read_rows(reference / name), name
+    reference, run = assert_resume_equals_uninterrupted(SMALL_SAC, tmp_path, 1200)
     ours, theirs = RunDir(run).load_checkpoint()["agent"], RunDir(reference).load_checkpoint()["agent"]
     for key, value in theirs["actor"].items():
         assert torch.equal(ours["actor"][key], value), key
