@@ -29,7 +29,7 @@ def episodes(run):
 
 
 def final_weights(run):
-    return RunDir(run).load_checkpoint()["agent"]["net"]
+    return RunDir(run).load_checkpoint()["agent"]["policy"]["net"]
 
 
 def distributed_rows(run):

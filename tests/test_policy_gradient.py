@@ -104,7 +104,7 @@ def test_ppo_with_vtrace_learns_a_fresh_rollout_as_with_gae():
             actions = agent.act(obs[t])
             agent.observe(obs[t], actions, rewards[t], obs[t + 1], dones[t], np.zeros(2, bool))
         assert agent.update()
-        return agent.net.state_dict()
+        return agent.policy.net.state_dict()
 
     gae_weights, vtrace_weights = updated("clip"), updated("vtrace")
     for name, tensor in gae_weights.items():

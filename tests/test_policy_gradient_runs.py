@@ -131,19 +131,19 @@ def test_ppo_transformer_trains_on_what_it_acted_on(tmp_path):
                           overrides=["n_steps=32", "sequence_chunk=8", "lookback=6", "d_model=16", "num_heads=2",
                                      "hidden=[16]", "eval_episodes=0"], total_steps=256, num_envs=2, seed=3)
     runner = _runner(config, RunDir(tmp_path / "run"), progress=False)
-    agent = runner.agent
+    learner = runner.agent.learner
     gaps = []
-    original = agent.learn
+    original = learner.learn
 
-    def checked_learn():
-        units = torch.arange(agent.training_units(agent.storage.size))
+    def checked_learn(batch):
+        units = torch.arange(learner.training_units(batch.steps))
         with torch.no_grad():
-            log_probs, _, _, flat = agent.evaluate_units(units)
-        recorded = agent.storage["log_probs"].reshape(-1)[flat]
+            log_probs, _, _, flat = learner.evaluate_units(batch, units)
+        recorded = batch.flat("log_probs")[flat]
         gaps.append((log_probs - recorded).abs().max().item())
-        return original()
+        return original(batch)
 
-    agent.learn = checked_learn
+    learner.learn = checked_learn
     (tmp_path / "run").mkdir()
     runner.train()
     assert len(gaps) == 4 and max(gaps) < 1e-5, gaps

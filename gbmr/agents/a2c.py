@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from gbmr.agents.policy_gradient import PolicyGradientAgent, PolicyGradientConfig, explained_variance, normalize
+from gbmr.agents.policy_gradient import (
+    PolicyGradientAgent,
+    PolicyGradientConfig,
+    PolicyGradientLearner,
+    explained_variance,
+    normalize,
+)
+from gbmr.core.batch import Batch
 from gbmr.core.errors import GbmrError
 from gbmr.memory.rollout import flatten_time, gae
 
@@ -28,25 +35,22 @@ class A2CConfig(PolicyGradientConfig):
     norm_adv: bool = False
 
 
-class A2CAgent(PolicyGradientAgent):
-    Config = A2CConfig
-    metric_names = ("policy_loss", "value_loss", "entropy", "explained_variance")
-
-    def __init__(self, config: A2CConfig, observation_space, action_space, num_envs, device, seed, total_steps):
+class A2CLearner(PolicyGradientLearner):
+    def __init__(self, config: A2CConfig, policy, num_envs, device, seed, total_steps):
         if config.n_steps < 1:
             raise GbmrError(f"n_steps must be at least 1, got {config.n_steps}")
-        super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
+        super().__init__(config, policy, num_envs, device, seed, total_steps)
 
     def rollout_capacity(self) -> int:
         return self.config.n_steps
 
-    def learn(self) -> dict[str, float]:
-        cfg, s = self.config, self.storage
+    def learn(self, batch: Batch) -> dict[str, float]:
+        cfg = self.config
         with torch.no_grad():
-            advantages, returns = gae(s["rewards"], s["values"], s.next_values(), s["dones"], cfg.gamma,
-                                      cfg.gae_lambda)
+            advantages, returns = gae(batch["rewards"], batch["values"], batch["next_values"], batch["dones"],
+                                      cfg.gamma, cfg.gae_lambda)
         advantages, returns = flatten_time(advantages), flatten_time(returns)
-        log_probs, entropy, values = self.evaluate_actions(flatten_time(s["obs"]), flatten_time(s["actions"]))
+        log_probs, entropy, values = self.evaluate_actions(batch.flat("obs"), batch.flat("actions"))
         if cfg.norm_adv:
             advantages = normalize(advantages)
         policy_loss = -(advantages * log_probs).mean()
@@ -56,3 +60,9 @@ class A2CAgent(PolicyGradientAgent):
         policy_loss, value_loss, entropy = torch.stack((policy_loss, value_loss, entropy)).tolist()
         return {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
                 "explained_variance": explained_variance(values.detach(), returns)}
+
+
+class A2CAgent(PolicyGradientAgent):
+    Config = A2CConfig
+    Learner = A2CLearner
+    metric_names = ("policy_loss", "value_loss", "entropy", "explained_variance")

@@ -108,3 +108,46 @@ class Agent(ABC):
         """The generators acting draws from: an actor's state for a restart carries them."""
         return [self.rng]
 
+
+class Policy(ABC):
+    """Acting apart from learning (issue 17's split): what a remote actor needs is this and its weights, never
+    the optimiser or the storage. ``state`` is what the policy carries between steps per env (a Transformer's KV
+    cache; empty for a memoryless policy); ``extras`` is what a learner needs of the step (log pi, V)."""
+
+    def initial_state(self, num_envs: int) -> dict[str, torch.Tensor]:
+        """The per-env state at the start of episodes in ``num_envs`` environments."""
+        return {}
+
+    @abstractmethod
+    def act(self, obs: torch.Tensor, state: dict[str, torch.Tensor], explore: bool
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(actions, the state after this step, extras) for a batch of observations."""
+
+    def episode_ends(self, state: dict[str, torch.Tensor], dones: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The state once the envs where ``dones`` is True start new episodes."""
+        return state
+
+    @abstractmethod
+    def weights(self) -> dict[str, torch.Tensor]:
+        """What a copy needs to act as this policy does (one Ray object-store put per version)."""
+
+    @abstractmethod
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Act with ``weights`` from now on."""
+
+
+class Learner(ABC):
+    """Learning apart from acting: turns a batch (``gbmr.core.batch.Batch``, [T, N]) into parameter updates of
+    the policy it was built on, and owns what only learning needs (optimiser, its randomness, counters)."""
+
+    @abstractmethod
+    def learn(self, batch: Any) -> dict[str, float]:
+        """One learning phase on ``batch``; metrics of what it did."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything learning needs to resume exactly (tensors and plain values: weights_only=True loads)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
-from gbmr.agents.policy_gradient import PolicyGradientAgent, PolicyGradientConfig, explained_variance, normalize
+from gbmr.agents.policy_gradient import (
+    PolicyGradientAgent,
+    PolicyGradientConfig,
+    PolicyGradientLearner,
+    explained_variance,
+    normalize,
+)
+from gbmr.core.batch import Batch
 from gbmr.core.errors import GbmrError, unknown_choice
 from gbmr.memory.rollout import flatten_time, gae, vtrace
 
@@ -62,18 +69,14 @@ def ppo_losses(new_log_probs: torch.Tensor, old_log_probs: torch.Tensor, advanta
     return policy_loss, value_loss, approx_kl, clip_fraction
 
 
-class PPOAgent(PolicyGradientAgent):
-    Config = PPOConfig
-    metric_names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
-                    "lr")
-
-    def __init__(self, config: PPOConfig, observation_space, action_space, num_envs, device, seed, total_steps):
+class PPOLearner(PolicyGradientLearner):
+    def __init__(self, config: PPOConfig, policy, num_envs, device, seed, total_steps):
         if config.n_steps < 1 or config.num_minibatches < 1:
             raise GbmrError(f"ppo needs n_steps >= 1 and num_minibatches >= 1, got {config.n_steps} and "
                             f"{config.num_minibatches}")
         if config.correction not in CORRECTIONS:
             raise unknown_choice("correction", config.correction, CORRECTIONS)
-        super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
+        super().__init__(config, policy, num_envs, device, seed, total_steps)
         units = self.training_units(config.n_steps)
         if units < config.num_minibatches:
             raise GbmrError(f"a rollout of {units} training units (n_steps x num_envs) cannot make "
@@ -82,25 +85,25 @@ class PPOAgent(PolicyGradientAgent):
     def rollout_capacity(self) -> int:
         return self.config.n_steps
 
-    def learn(self) -> dict[str, float]:
-        cfg, s = self.config, self.storage
-        units = self.training_units(s.size)
+    def learn(self, batch: Batch) -> dict[str, float]:
+        cfg = self.config
+        units = self.training_units(batch.steps)
         minibatch = units // cfg.num_minibatches
-        old_log_probs = flatten_time(s["log_probs"])
+        old_log_probs = batch.flat("log_probs")
         with torch.no_grad():
             if cfg.correction == "vtrace":
-                advantages, returns, old_values = self.vtrace_targets(minibatch)
+                advantages, returns, old_values = self.vtrace_targets(batch, minibatch)
             else:
-                advantages, returns = gae(s["rewards"], s["values"], s.next_values(), s["dones"], cfg.gamma,
-                                          cfg.gae_lambda)
-                old_values = s["values"]
+                advantages, returns = gae(batch["rewards"], batch["values"], batch["next_values"], batch["dones"],
+                                          cfg.gamma, cfg.gae_lambda)
+                old_values = batch["values"]
         advantages, returns, old_values = flatten_time(advantages), flatten_time(returns), flatten_time(old_values)
         totals = torch.zeros(5, device=self.device)
         count = 0
         for _ in range(cfg.update_epochs):
             order = torch.as_tensor(self.rng.permutation(units), device=self.device)
             for start in range(0, minibatch * cfg.num_minibatches, minibatch):
-                log_probs, entropy, values, idx = self.evaluate_units(order[start:start + minibatch])
+                log_probs, entropy, values, idx = self.evaluate_units(batch, order[start:start + minibatch])
                 adv = normalize(advantages[idx]) if cfg.norm_adv else advantages[idx]
                 policy_loss, value_loss, approx_kl, clip_fraction = ppo_losses(
                     log_probs, old_log_probs[idx], adv, values, old_values[idx], returns[idx], cfg.clip_coef,
@@ -117,19 +120,20 @@ class PPOAgent(PolicyGradientAgent):
                 "clip_fraction": means[4], "explained_variance": explained_variance(old_values, returns),
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
-    def vtrace_targets(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def vtrace_targets(self, batch: Batch, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(advantages, value targets, current values), [T, N], by V-trace from pi and V as they are now; the
-        bootstraps (truncations, the rollout's end) stay the values recorded while acting."""
-        s = self.storage
-        log_probs, values = (torch.empty(s.size * self.num_envs, device=self.device) for _ in range(2))
-        for units in torch.arange(self.training_units(s.size), device=self.device).split(chunk):
-            unit_log_probs, _, unit_values, idx = self.evaluate_units(units)
+        bootstraps (episode ends, the rollout's end) stay the values recorded while acting."""
+        steps = batch.steps
+        log_probs, values = (torch.empty(steps * self.num_envs, device=self.device) for _ in range(2))
+        for units in torch.arange(self.training_units(steps), device=self.device).split(chunk):
+            unit_log_probs, _, unit_values, idx = self.evaluate_units(batch, units)
             log_probs[idx], values[idx] = unit_log_probs, unit_values
-        log_probs, values = log_probs.view(s.size, -1), values.view(s.size, -1)
-        following = torch.cat((values[1:], s.last_values[None]), dim=0)
-        next_values = torch.where(s["dones"], s["bootstrap"], following)
+        log_probs, values = log_probs.view(steps, -1), values.view(steps, -1)
+        recorded, dones = batch["next_values"], batch["dones"]
+        following = torch.cat((values[1:], recorded[-1:]), dim=0)  # the rollout's end: the recorded V(s_T)
+        next_values = torch.where(dones, recorded, following)
         cfg = self.config
-        advantages, targets = vtrace(s["rewards"], values, next_values, s["dones"], log_probs - s["log_probs"],
+        advantages, targets = vtrace(batch["rewards"], values, next_values, dones, log_probs - batch["log_probs"],
                                      cfg.gamma, cfg.gae_lambda, cfg.vtrace_rho_bar, cfg.vtrace_c_bar)
         return advantages, targets, values
 
@@ -137,8 +141,14 @@ class PPOAgent(PolicyGradientAgent):
         """How many things minibatches are drawn from: single steps here; sequences for a policy with memory."""
         return rollout_steps * self.num_envs
 
-    def evaluate_units(self, units: torch.Tensor
+    def evaluate_units(self, batch: Batch, units: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log pi, entropy, V) of the minibatch's steps and their indices into the time-major flat rollout."""
-        obs, actions = flatten_time(self.storage["obs"]), flatten_time(self.storage["actions"])
-        return *self.evaluate_actions(obs[units], actions[units]), units
+        return *self.evaluate_actions(batch.flat("obs")[units], batch.flat("actions")[units]), units
+
+
+class PPOAgent(PolicyGradientAgent):
+    Config = PPOConfig
+    Learner = PPOLearner
+    metric_names = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "explained_variance",
+                    "lr")

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from gbmr.agents.ppo import PPOAgent, PPOConfig
+from gbmr.agents.policy_gradient import StochasticPolicy
+from gbmr.agents.ppo import PPOAgent, PPOConfig, PPOLearner
+from gbmr.core.batch import Batch
 from gbmr.core.errors import GbmrError
+from gbmr.memory.rollout import SequenceStorage
 from gbmr.nets.policies import TransformerActorCritic
 
 
@@ -30,26 +33,70 @@ class PPOTransformerConfig(PPOConfig):
     sequence_chunk: int = 0  # steps per training sequence; 0 = an env's whole rollout
 
 
+class TransformerPolicy(StochasticPolicy):
+    """Acting through the Transformer's KV cache: the state is each layer's keys and values per env and where
+    the next step begins an episode (``starts``)."""
+
+    def initial_state(self, num_envs: int) -> dict[str, torch.Tensor]:
+        return {**self.net.transformer.initial_cache(num_envs),
+                "starts": torch.ones(num_envs, dtype=torch.bool, device=self.device)}
+
+    def distribution(self, obs, state):
+        cache = {k: v for k, v in state.items() if k != "starts"}
+        params, values, cache = self.net.step(obs, state["starts"], cache)
+        return params, values, {**cache, "starts": torch.zeros_like(state["starts"])}
+
+    def episode_ends(self, state, dones):
+        return {**state, "starts": dones.clone()}
+
+    def value(self, obs, state):
+        """V of each env's next observation in its episode's context (the cache itself is not advanced)."""
+        cache = {k: v.clone() for k, v in state.items() if k != "starts"}
+        return self.net.step(obs, torch.zeros_like(state["starts"]), cache)[1]
+
+    @torch.inference_mode()
+    def after_learning(self, state, storage: SequenceStorage):
+        """The cache the new weights give the last lookback - 1 observations: the old one holds keys and values
+        of the old weights, so the next rollout's first steps would be acted on a context training never sees."""
+        cache = self.net.transformer.initial_cache(len(state["starts"]))
+        for obs, starts in zip(storage.context_obs, storage.context_starts, strict=True):
+            cache = self.net.transformer.step(self.net.encoder(obs), starts, cache)[1]
+        return {**cache, "starts": state["starts"]}
+
+
+class TransformerPPOLearner(PPOLearner):
+    """PPO on windows: unit u is env u % N's chunk u // N of ``sequence_chunk`` steps, run after the
+    ``lookback - 1`` steps before it (from the batch's context where the chunk starts the rollout)."""
+
+    def __init__(self, config: PPOTransformerConfig, policy, num_envs, device, seed, total_steps):
+        self.chunk = config.sequence_chunk or config.n_steps
+        if self.chunk < 1 or config.n_steps % self.chunk:
+            raise GbmrError(f"sequence_chunk ({config.sequence_chunk}) must divide n_steps ({config.n_steps})")
+        super().__init__(config, policy, num_envs, device, seed, total_steps)
+
+    def training_units(self, rollout_steps: int) -> int:
+        return rollout_steps // self.chunk * self.num_envs
+
+    def evaluate_units(self, batch: Batch, units: torch.Tensor):
+        n, chunk, context = self.num_envs, self.chunk, self.config.lookback - 1
+        obs = torch.cat((batch.context["obs"], batch["obs"]))  # [context + T, N, ...]
+        starts = torch.cat((batch.context["starts"], batch["starts"]))
+        envs, first = units % n, units // n * chunk  # unit u: env u % N, rollout steps [first, first + chunk)
+        positions = first[:, None] + torch.arange(context + chunk, device=self.device)  # in the padded rollout
+        params, values = self.policy.net.sequence(obs[positions, envs[:, None]], starts[positions, envs[:, None]])
+        params, values = params[:, context:], values[:, context:]  # the chunk's own steps
+        steps = first[:, None] + torch.arange(chunk, device=self.device)
+        flat = (steps * n + envs[:, None]).reshape(-1)  # time-major index t * N + n
+        params = params.reshape(len(flat), *params.shape[2:])
+        actions = batch.flat("actions")[flat]
+        return self.head.log_prob(params, actions), self.head.entropy(params), values.reshape(-1), flat
+
+
 class PPOTransformerAgent(PPOAgent):
     Config = PPOTransformerConfig
+    Policy = TransformerPolicy
+    Learner = TransformerPPOLearner
     distributed = None  # an actor's KV cache would have to travel with its slice of envs: not built
-
-    def __init__(self, config: PPOTransformerConfig, observation_space, action_space, num_envs, device, seed,
-                 total_steps):
-        chunk = config.sequence_chunk or config.n_steps
-        if chunk < 1 or config.n_steps % chunk:
-            raise GbmrError(f"sequence_chunk ({config.sequence_chunk}) must divide n_steps ({config.n_steps})")
-        self.chunk = chunk
-        super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
-        transformer = self.net.transformer
-        self.cache = transformer.initial_cache(num_envs)
-        self.starts = torch.ones(num_envs, dtype=torch.bool, device=device)  # the next act begins an episode
-        self.eval_cache: dict[str, torch.Tensor] | None = None
-        # The lookback - 1 observations before the rollout, per env, so its first steps see their past too.
-        context = config.lookback - 1
-        self.context_obs = torch.zeros((context, *self.storage.data["obs"].shape[1:]),
-                                       dtype=self.storage.data["obs"].dtype, device=device)
-        self.context_starts = torch.ones((context, num_envs), dtype=torch.bool, device=device)
 
     def build_net(self) -> TransformerActorCritic:
         cfg = self.config
@@ -60,81 +107,9 @@ class PPOTransformerAgent(PPOAgent):
     def rollout_fields(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return {**super().rollout_fields(), "starts": ((), torch.bool)}  # where episodes began: attention cuts
 
-    # ------------------------------------------------------------------ acting
-    def begin_evaluation_episode(self) -> None:
-        self.eval_cache = None
+    def recorded_state(self) -> tuple[str, ...]:
+        return ("starts",)
 
-    def act(self, obs, explore: bool = True):
-        obs_t = torch.as_tensor(obs, device=self.device)
-        with torch.inference_mode():
-            if not explore:
-                fresh = self.eval_cache is None
-                if fresh:
-                    self.eval_cache = self.net.transformer.initial_cache(len(obs_t))
-                starts = torch.full((len(obs_t),), fresh, dtype=torch.bool, device=self.device)
-                params, _, self.eval_cache = self.net.step(obs_t, starts, self.eval_cache)
-                return self.head.to_env(self.head.mode(params))
-            params, values, self.cache = self.net.step(obs_t, self.starts, self.cache)
-            actions = self.head.sample(params, self.sampling_noise())
-            self._pending = {"obs": obs_t, "actions": actions, "values": values, "starts": self.starts.clone(),
-                             "log_probs": self.head.log_prob(params, actions)}
-        return self.head.to_env(actions)
-
-    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
-        super().observe(obs, actions, rewards, next_obs, terminated, truncated)
-        self.starts = torch.as_tensor(terminated | truncated, device=self.device)
-
-    def state_value(self, obs) -> torch.Tensor:
-        """V of each env's next observation in its episode's context (the cache itself is not advanced)."""
-        with torch.inference_mode():
-            cache = {k: v.clone() for k, v in self.cache.items()}
-            obs_t = torch.as_tensor(obs, device=self.device)
-            return self.net.step(obs_t, torch.zeros_like(self.starts), cache)[1]
-
-    # ------------------------------------------------------------------ training
-    def training_units(self, rollout_steps: int) -> int:
-        return rollout_steps // self.chunk * self.num_envs
-
-    def evaluate_units(self, units: torch.Tensor):
-        n, chunk, context = self.num_envs, self.chunk, self.config.lookback - 1
-        obs = torch.cat((self.context_obs, self.storage["obs"]))  # [context + T, N, ...]
-        starts = torch.cat((self.context_starts, self.storage["starts"]))
-        envs, first = units % n, units // n * chunk  # unit u: env u % N, rollout steps [first, first + chunk)
-        positions = first[:, None] + torch.arange(context + chunk, device=self.device)  # in the padded rollout
-        params, values = self.net.sequence(obs[positions, envs[:, None]], starts[positions, envs[:, None]])
-        params, values = params[:, context:], values[:, context:]  # the chunk's own steps
-        steps = first[:, None] + torch.arange(chunk, device=self.device)
-        flat = (steps * n + envs[:, None]).reshape(-1)  # time-major index t * N + n
-        params = params.reshape(len(flat), *params.shape[2:])
-        actions = self.storage["actions"].reshape(-1, *self.storage["actions"].shape[2:])[flat]
-        return self.head.log_prob(params, actions), self.head.entropy(params), values.reshape(-1), flat
-
-    def learn(self) -> dict[str, float]:
-        metrics = super().learn()
-        context = self.config.lookback - 1
-        if context:
-            self.context_obs = torch.cat((self.context_obs, self.storage["obs"]))[-context:].clone()
-            self.context_starts = torch.cat((self.context_starts, self.storage["starts"]))[-context:].clone()
-        self.cache = self.rebuilt_cache()
-        return metrics
-
-    @torch.inference_mode()
-    def rebuilt_cache(self) -> dict[str, torch.Tensor]:
-        """The cache the new weights give the last lookback - 1 observations: the old one holds keys and values
-        of the old weights, so the next rollout's first steps would be acted on a context training never sees."""
-        cache = self.net.transformer.initial_cache(self.num_envs)
-        for obs, starts in zip(self.context_obs, self.context_starts, strict=True):
-            cache = self.net.transformer.step(self.net.encoder(obs), starts, cache)[1]
-        return cache
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "cache": self.cache, "starts": self.starts,
-                "context_obs": self.context_obs, "context_starts": self.context_starts}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.cache = {k: v.to(self.device) for k, v in state["cache"].items()}
-        self.starts = state["starts"].to(self.device)
-        self.context_obs = state["context_obs"].to(self.device)
-        self.context_starts = state["context_starts"].to(self.device)
+    def build_storage(self, capacity: int) -> SequenceStorage:
+        return SequenceStorage(capacity, self.num_envs, self.rollout_fields(), self.device,
+                               context=self.config.lookback - 1)

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from gbmr.agents.policy_gradient import PolicyGradientAgent, PolicyGradientConfig, normalize
+from gbmr.agents.policy_gradient import PolicyGradientAgent, PolicyGradientConfig, PolicyGradientLearner, normalize
+from gbmr.core.batch import Batch
 from gbmr.core.errors import GbmrError, unknown_choice
-from gbmr.memory.rollout import discounted_returns, round_cuts
+from gbmr.memory.rollout import RolloutStorage, discounted_returns, round_cuts
 
 LOSS_PER = ("step", "episode", "round")
 
@@ -41,53 +42,51 @@ def finished_mask(dones: torch.Tensor) -> torch.Tensor:
     return dones.flip(0).to(torch.int8).cummax(dim=0).values.flip(0).bool()
 
 
-class ReinforceAgent(PolicyGradientAgent):
-    Config = ReinforceConfig
-    metric_names = ("policy_loss", "value_loss", "entropy", "batch_return")
-
-    def __init__(self, config: ReinforceConfig, observation_space, action_space, num_envs, device, seed,
-                 total_steps):
+class ReinforceLearner(PolicyGradientLearner):
+    def __init__(self, config: ReinforceConfig, policy, num_envs, device, seed, total_steps):
         if config.loss_per not in LOSS_PER:
             raise unknown_choice("loss_per", config.loss_per, LOSS_PER)
         if config.batch_episodes < 1 or config.max_rollout_steps < 1:
             raise GbmrError("reinforce needs batch_episodes >= 1 and max_rollout_steps >= 1")
-        super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
-        self.episodes_in_batch = 0
+        super().__init__(config, policy, num_envs, device, seed, total_steps)
 
     def rollout_capacity(self) -> int:
         return self.config.max_rollout_steps
 
-    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
-        super().observe(obs, actions, rewards, next_obs, terminated, truncated)
-        self.episodes_in_batch += int((terminated | truncated).sum())
+    def ready(self, storage: RolloutStorage) -> bool:
+        """``batch_episodes`` episodes ended since the rollout began (or it is full)."""
+        return storage.full or int(storage["dones"].sum()) >= self.config.batch_episodes
 
-    def ready(self) -> bool:
-        return self.episodes_in_batch >= self.config.batch_episodes or self.storage.full
-
-    def learn(self) -> dict[str, float]:
-        cfg, s = self.config, self.storage
-        rewards, dones = s["rewards"], s["dones"]
-        next_values = s.next_values() if cfg.baseline else torch.zeros_like(rewards)
+    def learn(self, batch: Batch) -> dict[str, float]:
+        cfg = self.config
+        rewards, dones = batch["rewards"], batch["dones"]
+        next_values = batch["next_values"] if cfg.baseline else torch.zeros_like(rewards)
         if cfg.round_discount:
             next_values, dones = round_cuts(rewards, next_values, dones)
         returns = discounted_returns(rewards, next_values, dones, cfg.gamma)
         mask = finished_mask(dones)
-        self.episodes_in_batch = 0
         if not mask.any():
             return {}
-        log_probs, entropy, values = self.evaluate_actions(s["obs"][mask], s["actions"][mask])
+        log_probs, entropy, values = self.evaluate_actions(batch["obs"][mask], batch["actions"][mask])
         returns = returns[mask]
         weights = returns - values.detach() if cfg.baseline else returns
         if cfg.normalize_returns:
             weights = normalize(weights)
-        divisor = {"step": mask.sum(), "episode": s["dones"][mask].sum(),
+        episodes_ended = batch["dones"][mask].sum()
+        divisor = {"step": mask.sum(), "episode": episodes_ended,
                    "round": (rewards[mask] != 0).sum()}[cfg.loss_per].clamp(min=1)
         policy_loss = -(log_probs * weights).sum() / divisor
         value_loss = F.mse_loss(values, returns) if cfg.baseline else torch.zeros((), device=self.device)
         entropy = entropy.mean()
         self.optimise(policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy)
-        episode_returns = rewards[mask].sum() / s["dones"][mask].sum().clamp(min=1)
+        episode_returns = rewards[mask].sum() / episodes_ended.clamp(min=1)
         policy_loss, value_loss, entropy, batch_return = torch.stack(
             (policy_loss, value_loss, entropy, episode_returns)).tolist()
         return {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
                 "batch_return": batch_return}
+
+
+class ReinforceAgent(PolicyGradientAgent):
+    Config = ReinforceConfig
+    Learner = ReinforceLearner
+    metric_names = ("policy_loss", "value_loss", "entropy", "batch_return")

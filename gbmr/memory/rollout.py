@@ -14,6 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from gbmr.core.batch import Batch
+
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor, dones: torch.Tensor,
         gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +121,10 @@ class RolloutStorage:
         following = torch.cat((values[1:], self.last_values[None]), dim=0)
         return torch.where(dones, self["bootstrap"], following)
 
+    def batch(self) -> Batch:
+        """The filled rows as a Batch [size, N], with ``next_values`` (the bootstrap after every step) added."""
+        return Batch({**{name: self[name] for name in self.data}, "next_values": self.next_values()})
+
     def clear(self) -> None:
         self.size = 0
 
@@ -131,6 +137,39 @@ class RolloutStorage:
         for name, value in state["data"].items():
             self.data[name][: self.size] = value.to(self.data[name].device)
         self.last_values.copy_(state["last_values"])
+
+
+class SequenceStorage(RolloutStorage):
+    """A rollout that also keeps, per env, the ``context`` steps before it (observations and episode starts,
+    carried across rollouts), so a policy attending ``context + 1`` steps back trains every step on its past.
+    ``fields`` must hold ``obs`` and ``starts``."""
+
+    def __init__(self, capacity: int, num_envs: int, fields: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                 device: torch.device, context: int) -> None:
+        super().__init__(capacity, num_envs, fields, device)
+        self.context = context
+        obs = self.data["obs"]
+        self.context_obs = torch.zeros((context, *obs.shape[1:]), dtype=obs.dtype, device=device)
+        self.context_starts = torch.ones((context, num_envs), dtype=torch.bool, device=device)
+
+    def batch(self) -> Batch:
+        rollout = super().batch()
+        return Batch(rollout, context=Batch({"obs": self.context_obs, "starts": self.context_starts}))
+
+    def clear(self) -> None:
+        """The rollout's last ``context`` steps become the next one's context."""
+        if self.context and self.size:
+            self.context_obs = torch.cat((self.context_obs, self["obs"]))[-self.context:].clone()
+            self.context_starts = torch.cat((self.context_starts, self["starts"]))[-self.context:].clone()
+        super().clear()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "context_obs": self.context_obs, "context_starts": self.context_starts}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.context_obs = state["context_obs"].to(self.context_obs.device)
+        self.context_starts = state["context_starts"].to(self.context_starts.device)
 
 
 def flatten_time(tensor: torch.Tensor) -> torch.Tensor:
