@@ -211,3 +211,27 @@ def test_an_envs_actions_do_not_depend_on_which_envs_share_its_batch(action_spac
         np.testing.assert_array_equal(whole.act(obs[t])[2:], part.act(obs[t, 2:]))
     other = agent(2)  # envs 0-1's streams: different draws (the test would pass vacuously otherwise)
     assert any(not np.array_equal(whole.act(obs[t])[2:], other.act(obs[t, 2:])) for t in range(6))
+
+
+def test_batch_checks_dims_and_flattens_time_major():
+    from gbmr.core.batch import Batch
+
+    batch = Batch({"obs": torch.arange(12.0).view(3, 2, 2), "rewards": torch.zeros(3, 2)})
+    assert (batch.steps, batch.num_envs) == (3, 2)
+    assert batch.flat("obs")[1].tolist() == [2.0, 3.0]  # t=0, env 1
+    with pytest.raises(ValueError, match="leading dims"):
+        Batch({"obs": torch.zeros(3, 2), "rewards": torch.zeros(4, 2)})
+
+
+def test_sequence_storage_carries_the_last_steps_into_the_next_context():
+    from gbmr.memory.rollout import SequenceStorage
+
+    s = SequenceStorage(3, 1, {"obs": ((), torch.float32), "starts": ((), torch.bool)}, torch.device("cpu"),
+                        context=2)
+    for t in range(3):
+        s.add(obs=torch.tensor([float(t)]), starts=torch.tensor([t == 1]), values=torch.zeros(1),
+              rewards=torch.zeros(1), dones=torch.tensor([False]), bootstrap=torch.zeros(1))
+    assert s.batch().context["obs"][:, 0].tolist() == [0.0, 0.0]
+    s.clear()
+    context = s.batch().context
+    assert context["obs"][:, 0].tolist() == [1.0, 2.0] and context["starts"][:, 0].tolist() == [True, False]
