@@ -96,7 +96,7 @@ def test_sac_critic_step_regresses_each_critic_on_the_soft_target():
         y = returns + discounts * (torch.minimum(q1, q2) - 1.0 * next_log_pi)  # alpha starts at 1
         xa = torch.cat((obs, actions), 1)
         expected = ((member(agent.critic, 0, xa) - y) ** 2).mean() + ((member(agent.critic, 1, xa) - y) ** 2).mean()
-    metrics = agent._critic_step(obs, actions, returns, next_obs, discounts)
+    metrics = agent._critic_step(obs, actions, returns, next_obs, discounts)[0]
     assert metrics["qf_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 

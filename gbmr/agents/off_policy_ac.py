@@ -7,10 +7,20 @@ draws from its own numpy stream (seed, EXPLORE_STREAM, i), as the policy-gradien
 distributed actor holding envs 2-3 acts on them as one process does. The updates draw their noise (SAC's
 reparameterisation, TD3's target smoothing) from one torch Generator whose state is checkpointed: resumed runs
 equal uninterrupted ones.
+
+Image observations (Mario, Atari, MinAtar frames; the torso picked from the shape as PPO's is, or ``model``) go
+through one CNN encoder (``make_encoder``) whose features feed the critics (the action concatenated after the
+CNN) and the actor. The encoder learns from the critic loss only and the actor reads its features detached,
+as in SAC-AE and DrQ (Yarats et al. 2019, 2021): one CNN forward per batch instead of one per net (CleanRL's
+sac_atari gives the actor and each critic their own Nature CNN, three times the convolutions on 2 CPU cores),
+and the actor's loss cannot move the features the critics' targets are built on. The target critics have a
+target encoder, Polyak-averaged with them. Vectors skip the encoder: the critics' batched ensemble reads the
+flat observation.
 """
 
 from __future__ import annotations
 
+import copy
 from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +28,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 
 from gbmr.agents.base import Agent
 from gbmr.agents.optim import adam_step, make_adam, polyak_update
@@ -26,6 +37,7 @@ from gbmr.core.seeding import derive_seed
 from gbmr.core.state import rng_state, set_rng_state
 from gbmr.memory.replay import ReplayBuffer
 from gbmr.nets.action_scaling import BoxScaling, require_bounded_box
+from gbmr.nets.continuous import make_encoder
 
 REPLAY_STREAM = 1
 EXPLORE_STREAM = 3  # env i's warm-up actions and acting noise: stream (3, i)
@@ -47,7 +59,10 @@ class OffPolicyConfig:
     policy_lr: float = 3e-4
     q_lr: float = 3e-4
     adam_eps: float = 1e-8
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = (256, 256)  # the MLPs of actor and critics (after the encoder for images)
+    model: str = "auto"  # the torso: auto (a CNN for frames, none for vectors) | mlp | nature_cnn | minatar_cnn ...
+    features: int = 512  # the CNN encoder's fully connected output
+    frame_stack: int = 0  # > 0: replay keeps each frame of uint8 stacks once (ReplayBuffer's FrameStore)
 
 
 def critic_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -76,7 +91,11 @@ class OffPolicyActorCritic(Agent):
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
         if config.policy_frequency < 1 or config.train_freq < 1 or config.gradient_steps < 1:
             raise GbmrError("policy_frequency, train_freq and gradient_steps must be >= 1")
-        self.obs_dim = int(np.prod(observation_space.shape))
+        self.encoder, self.feature_dim = make_encoder(config.model, observation_space, config.features)
+        if self.encoder is not None:
+            self.encoder = self.encoder.to(device)
+            self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.obs_shape = tuple(observation_space.shape)
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         if self.discrete:
             self.action_dim = int(action_space.n)
@@ -89,7 +108,7 @@ class OffPolicyActorCritic(Agent):
         self.buffer = ReplayBuffer(
             capacity=config.buffer_size, obs_shape=observation_space.shape, obs_dtype=observation_space.dtype,
             action_shape=action_shape, action_dtype=action_dtype, num_envs=num_envs, gamma=config.gamma,
-            seed=derive_seed(seed, REPLAY_STREAM),
+            seed=derive_seed(seed, REPLAY_STREAM), frame_stack=config.frame_stack,
         )
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(derive_seed(seed, LEARN_STREAM))
@@ -98,6 +117,7 @@ class OffPolicyActorCritic(Agent):
         self.updates = 0  # critic updates so far
         self._last_train = 0
         self.build()
+        self.policy = nn.ModuleDict({"actor": self.actor, **self.encoders(with_target=False)})
 
     # ------------------------------------------------------------------ what each algorithm defines
     @abstractmethod
@@ -106,7 +126,8 @@ class OffPolicyActorCritic(Agent):
 
     @abstractmethod
     def policy_actions(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
-        """[B, d] actions in [-1, 1] (or [B] action indices) for flat float observations, in inference mode."""
+        """[B, d] actions in [-1, 1] (or [B] action indices) for observation features (``encode``), in
+        inference mode."""
 
     @abstractmethod
     def gradient_step(self, obs: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor,
@@ -118,10 +139,33 @@ class OffPolicyActorCritic(Agent):
         """The nets and optimisers (anything with state_dict/load_state_dict) a checkpoint holds, by name."""
 
     def policy_weights(self) -> dict[str, torch.Tensor]:
-        return self.actor.state_dict()
+        return self.policy.state_dict()
 
     def load_policy_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        self.actor.load_state_dict(weights)
+        self.policy.load_state_dict(weights)
+
+    # ------------------------------------------------------------------ the image encoder
+    def encoders(self, with_target: bool = True) -> dict[str, nn.Module]:
+        if self.encoder is None:
+            return {}
+        return {"encoder": self.encoder, "encoder_target": self.encoder_target} if with_target else {
+            "encoder": self.encoder}
+
+    def encode(self, obs: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """The features the actor and critics read: the flat observation itself, or the (target) CNN's output."""
+        if self.encoder is None:
+            return obs
+        return (self.encoder_target if target else self.encoder).forward(obs)
+
+    def critic_parameters(self) -> list[torch.Tensor]:
+        """What the critic loss trains: the critics and the encoder."""
+        encoder = list(self.encoder.parameters()) if self.encoder is not None else []
+        return [*self.critic.parameters(), *encoder]
+
+    def update_critic_target(self) -> None:
+        self.soft_update(self.critic_target, self.critic)
+        if self.encoder is not None:
+            self.soft_update(self.encoder_target, self.encoder)
 
     # ------------------------------------------------------------------ acting
     def assign_envs(self, env_ids: np.ndarray) -> None:
@@ -143,14 +187,18 @@ class OffPolicyActorCritic(Agent):
         unit = np.stack([rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32) for rng in self.explore_rngs])
         return self.scaling.to_env(unit)
 
-    def flat_obs(self, obs: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(obs, device=self.device).reshape(len(obs), self.obs_dim).float()
+    def obs_tensor(self, obs: np.ndarray) -> torch.Tensor:
+        """Flat float vectors for the MLPs; frames keep their shape and dtype (the encoder scales uint8)."""
+        obs = torch.as_tensor(obs, device=self.device)
+        if self.encoder is None:
+            return obs.reshape(len(obs), self.feature_dim).float()
+        return obs.reshape(len(obs), *self.obs_shape)
 
     def act(self, obs: np.ndarray, explore: bool = True) -> np.ndarray:
         if explore and self.steps < self.config.learning_starts:
             return self.random_actions()
         with torch.inference_mode():
-            actions = self.policy_actions(self.flat_obs(obs), explore).cpu().numpy()
+            actions = self.policy_actions(self.encode(self.obs_tensor(obs)), explore).cpu().numpy()
         return actions if self.discrete else self.scaling.to_env(actions)
 
     def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
@@ -175,8 +223,8 @@ class OffPolicyActorCritic(Agent):
             device = self.device
             actions = torch.from_numpy(batch.actions).to(device)
             metrics = self.gradient_step(
-                self.flat_obs(batch.obs), actions, torch.from_numpy(batch.returns).to(device),
-                self.flat_obs(batch.next_obs), torch.from_numpy(batch.discounts).to(device),
+                self.obs_tensor(batch.obs), actions, torch.from_numpy(batch.returns).to(device),
+                self.obs_tensor(batch.next_obs), torch.from_numpy(batch.discounts).to(device),
             )
             self.updates += 1
         return dict(zip(metrics, torch.stack(list(metrics.values())).tolist(), strict=True))
@@ -201,7 +249,7 @@ class OffPolicyActorCritic(Agent):
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {
-            **{name: obj.state_dict() for name, obj in self.checkpointed().items()},
+            **{name: obj.state_dict() for name, obj in {**self.checkpointed(), **self.encoders()}.items()},
             "buffer": self.buffer.state_dict(),
             "generator": self.generator.get_state(),
             "explore": [rng_state(r) for r in self.explore_rngs],
@@ -210,7 +258,7 @@ class OffPolicyActorCritic(Agent):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        for name, obj in self.checkpointed().items():
+        for name, obj in {**self.checkpointed(), **self.encoders()}.items():
             obj.load_state_dict(state[name])
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])

@@ -79,16 +79,16 @@ class SACAgent(OffPolicyActorCritic):
     def build(self) -> None:
         cfg, device = self.config, self.device
         if self.discrete:
-            self.actor = CategoricalActor(self.obs_dim, self.action_dim, cfg.hidden).to(device)
-            self.critic = CriticEnsemble(2, self.obs_dim, cfg.hidden, self.action_dim).to(device)
+            self.actor = CategoricalActor(self.feature_dim, self.action_dim, cfg.hidden).to(device)
+            self.critic = CriticEnsemble(2, self.feature_dim, cfg.hidden, self.action_dim).to(device)
             default_entropy = cfg.target_entropy_scale * math.log(self.action_dim)
         else:
-            self.actor = SquashedGaussianActor(self.obs_dim, self.action_dim, cfg.hidden).to(device)
-            self.critic = CriticEnsemble(2, self.obs_dim + self.action_dim, cfg.hidden).to(device)
+            self.actor = SquashedGaussianActor(self.feature_dim, self.action_dim, cfg.hidden).to(device)
+            self.critic = CriticEnsemble(2, self.feature_dim + self.action_dim, cfg.hidden).to(device)
             default_entropy = -float(self.action_dim)
         self.target_entropy = default_entropy if cfg.target_entropy is None else float(cfg.target_entropy)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
+        self.actor_params, self.critic_params = list(self.actor.parameters()), self.critic_parameters()
         self.actor_optimizer = self.adam(self.actor_params, cfg.policy_lr)
         self.critic_optimizer = self.adam(self.critic_params, cfg.q_lr)
         self.temperature = Temperature(cfg.alpha_init if cfg.autotune else cfg.alpha).to(device)
@@ -123,33 +123,39 @@ class SACAgent(OffPolicyActorCritic):
     # ------------------------------------------------------------------ learning
     def gradient_step(self, obs, actions, returns, next_obs, discounts) -> dict[str, torch.Tensor]:
         cfg = self.config
-        metrics = self._critic_step(obs, actions, returns, next_obs, discounts)
+        metrics, features = self._critic_step(obs, actions, returns, next_obs, discounts)
         if self.updates % cfg.policy_frequency == 0:  # actor metrics only where the actor learned
             for _ in range(cfg.policy_frequency):  # CleanRL: the delayed actor catches up with as many steps
-                metrics.update(self._actor_step(obs))
+                metrics.update(self._actor_step(features.detach()))
         if self.updates % cfg.target_network_frequency == 0:
-            self.soft_update(self.critic_target, self.critic)
+            self.update_critic_target()
         return metrics
 
-    def _critic_step(self, obs, actions, returns, next_obs, discounts) -> dict[str, torch.Tensor]:
+    def _critic_step(self, obs, actions, returns, next_obs, discounts
+                     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The critic (and encoder) update; its metrics and the features of ``obs`` the actor then reads
+        (the encoder's output before this step: the actor does not train it, see off_policy_ac.py)."""
         with torch.no_grad():
+            next_features, next_target = self.encode(next_obs), self.encode(next_obs, target=True)
             if self.discrete:
-                target = discrete_soft_q_target(returns, discounts, self.critic_target(next_obs),
-                                                self.actor(next_obs), self.alpha)
+                target = discrete_soft_q_target(returns, discounts, self.critic_target(next_target),
+                                                self.actor(next_features), self.alpha)
             else:
-                next_u, next_log_pi = self.actor.sample(next_obs, self.randn(len(next_obs), self.action_dim))
-                next_q = self.critic_target(torch.cat((next_obs, next_u), dim=1)).squeeze(-1)
+                next_u, next_log_pi = self.actor.sample(next_features, self.randn(len(next_obs), self.action_dim))
+                next_q = self.critic_target(torch.cat((next_target, next_u), dim=1)).squeeze(-1)
                 target = soft_q_target(returns, discounts, next_q, next_log_pi, self.alpha)
+        features = self.encode(obs)
         if self.discrete:
             index = actions.long().view(1, -1, 1).expand(2, -1, 1)
-            q = self.critic(obs).gather(2, index).squeeze(-1)
+            q = self.critic(features).gather(2, index).squeeze(-1)
         else:
-            q = self.critic(torch.cat((obs, actions), dim=1)).squeeze(-1)
+            q = self.critic(torch.cat((features, actions), dim=1)).squeeze(-1)
         loss = critic_loss(q, target)
         self.optimise(loss, self.critic_params, self.critic_optimizer)
-        return {"qf_loss": loss.detach(), "q_mean": q.detach().mean()}
+        return {"qf_loss": loss.detach(), "q_mean": q.detach().mean()}, features
 
     def _actor_step(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``obs``: the observations' (detached) features."""
         alpha = self.alpha
         if self.discrete:
             logits = self.actor(obs)

@@ -55,11 +55,11 @@ class TD3Agent(OffPolicyActorCritic):
         cfg, device = self.config, self.device
         if cfg.noise_type not in NOISE_TYPES:
             raise unknown_choice("noise_type", cfg.noise_type, NOISE_TYPES)
-        self.actor = DeterministicActor(self.obs_dim, self.action_dim, cfg.hidden).to(device)
+        self.actor = DeterministicActor(self.feature_dim, self.action_dim, cfg.hidden).to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic = CriticEnsemble(cfg.n_critics, self.obs_dim + self.action_dim, cfg.hidden).to(device)
+        self.critic = CriticEnsemble(cfg.n_critics, self.feature_dim + self.action_dim, cfg.hidden).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_params, self.critic_params = list(self.actor.parameters()), list(self.critic.parameters())
+        self.actor_params, self.critic_params = list(self.actor.parameters()), self.critic_parameters()
         self.actor_optimizer = self.adam(self.actor_params, cfg.policy_lr)
         self.critic_optimizer = self.adam(self.critic_params, cfg.q_lr)
         self.ou_state = np.zeros((self.num_envs, self.action_dim), dtype=np.float32)
@@ -102,24 +102,27 @@ class TD3Agent(OffPolicyActorCritic):
     # ------------------------------------------------------------------ learning
     def gradient_step(self, obs, actions, returns, next_obs, discounts) -> dict[str, torch.Tensor]:
         cfg = self.config
-        with torch.no_grad():
-            next_u = self.actor_target(next_obs)
+        with torch.no_grad():  # the target actor reads the target encoder's features, as the target critics do
+            next_features = self.encode(next_obs, target=True)
+            next_u = self.actor_target(next_features)
             if cfg.policy_noise > 0:
                 next_u = smoothed_target_actions(next_u, self.randn(*next_u.shape), cfg.policy_noise, cfg.noise_clip)
-            next_q = self.critic_target(torch.cat((next_obs, next_u), dim=1)).squeeze(-1)
+            next_q = self.critic_target(torch.cat((next_features, next_u), dim=1)).squeeze(-1)
             target = clipped_double_q_target(returns, discounts, next_q)
-        q = self.critic(torch.cat((obs, actions), dim=1)).squeeze(-1)
+        features = self.encode(obs)
+        q = self.critic(torch.cat((features, actions), dim=1)).squeeze(-1)
         loss = critic_loss(q, target)
         self.optimise(loss, self.critic_params, self.critic_optimizer)
         metrics = {"qf_loss": loss.detach(), "q_mean": q.detach().mean()}
         if self.updates % cfg.policy_frequency == 0:  # actor metrics only where the actor learned
-            metrics["actor_loss"] = self._actor_step(obs)
+            metrics["actor_loss"] = self._actor_step(features.detach())
             self.soft_update(self.actor_target, self.actor)
-            self.soft_update(self.critic_target, self.critic)
+            self.update_critic_target()
         return metrics
 
     def _actor_step(self, obs: torch.Tensor) -> torch.Tensor:
-        """Ascend Q_1(s, mu(s)) (the first critic, as in the paper), gradients to the actor only."""
+        """Ascend Q_1(s, mu(s)) (the first critic, as in the paper), gradients to the actor only; ``obs``: the
+        observations' detached features (the encoder learns from the critic loss)."""
         q = self.critic(torch.cat((obs, self.actor(obs)), dim=1), detach_params=True, members=1)[0].squeeze(-1)
         loss = -q.mean()
         self.optimise(loss, self.actor_params, self.actor_optimizer)

@@ -1,6 +1,7 @@
 """Networks of the off-policy actor-critics (SAC, TD3, DDPG): critic ensembles and three actors.
 
-Observations are flattened into vectors (the issue's Box environments; an image torso is not built here).
+The actors and critics take features: the flattened observation for vectors, or the output of a CNN encoder
+(``make_encoder``) for image observations, which the agent owns (off_policy_ac.py).
 Every net runs its layers through ``forward`` rather than ``nn.Module.__call__`` (no hooks are used; the call
 costs ~2 us a module, as much as a small layer's maths, and the agents call these nets several times a step).
 """
@@ -10,11 +11,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gbmr.nets.torsos import mlp
+from gbmr.nets.torsos import make_torso, mlp, pick_torso
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # CleanRL's bounds of the SAC actor's log std
 LOG_2 = math.log(2.0)
@@ -24,6 +27,22 @@ def run_layers(layers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     for layer in layers:
         x = layer.forward(x)
     return x
+
+
+def make_encoder(model: str, observation_space: gym.spaces.Box, features: int) -> tuple[nn.Module | None, int]:
+    """A CNN torso (``make_torso``: conv layers, then one ReLU layer of ``features`` units) for image
+    observations, or None and the flat size for the MLP case (``model`` "mlp", or "auto" on vectors), where
+    the critics and actors read the observation itself and no module call is spent."""
+    shape = tuple(observation_space.shape)
+    if model == "mlp" or (model == "auto" and pick_torso(shape) == "mlp"):
+        return None, int(np.prod(shape))
+    return make_torso(model, observation_space, (features,))
+
+
+def head_input(in_dim: int, hidden: Sequence[int]) -> int:
+    """The width the output layer of an MLP on ``in_dim`` features reads (``hidden`` may be empty: a linear
+    head on a CNN encoder's features, as CleanRL's sac_atari)."""
+    return hidden[-1] if hidden else in_dim
 
 
 class CriticEnsemble(nn.Module):
@@ -72,8 +91,8 @@ class SquashedGaussianActor(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
         self.torso = mlp(obs_dim, hidden)
-        self.mean = nn.Linear(hidden[-1], action_dim)
-        self.log_std = nn.Linear(hidden[-1], action_dim)
+        self.mean = nn.Linear(head_input(obs_dim, hidden), action_dim)
+        self.log_std = nn.Linear(head_input(obs_dim, hidden), action_dim)
         self._layers = tuple(self.torso)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +125,7 @@ class DeterministicActor(nn.Module):
     def __init__(self, obs_dim: int, action_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
         self.torso = mlp(obs_dim, hidden)
-        self.out = nn.Linear(hidden[-1], action_dim)
+        self.out = nn.Linear(head_input(obs_dim, hidden), action_dim)
         self._layers = tuple(self.torso)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -119,7 +138,7 @@ class CategoricalActor(nn.Module):
     def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int]) -> None:
         super().__init__()
         self.torso = mlp(obs_dim, hidden)
-        self.out = nn.Linear(hidden[-1], num_actions)
+        self.out = nn.Linear(head_input(obs_dim, hidden), num_actions)
         self._layers = tuple(self.torso)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,137 @@
+"""SAC (discrete and continuous), TD3 and DDPG on image observations: the CNN encoder, what trains it, the
+critic targets through the target encoder on hand-made batches, and Mario smoke runs."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from run_helpers import read_rows
+
+from gbmr.agents.sac import SACAgent, SACConfig
+from gbmr.agents.td3 import TD3Agent, TD3Config
+from gbmr.cli import main
+
+FRAMES = gym.spaces.Box(0, 255, (2, 36, 36), np.uint8)  # the smallest frames the Nature CNN takes
+DISCRETE = gym.spaces.Discrete(3)
+BOX = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+CPU = torch.device("cpu")
+
+
+def make(cls, config, action_space, num_envs=2):
+    return cls(config, FRAMES, action_space, num_envs=num_envs, device=CPU, seed=0, total_steps=1000)
+
+
+def frames(n, seed):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, *FRAMES.shape), dtype=np.uint8))
+
+
+def image_batch(n=4, discrete=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    actions = torch.tensor([0, 2, 1, 2])[:n] if discrete else torch.rand(n, 2, generator=g) * 2 - 1
+    discounts = torch.tensor([0.9, 0.0, 0.9, 0.9])[:n]
+    return frames(n, seed), actions, torch.randn(n, generator=g), frames(n, seed + 1), discounts
+
+
+def member(critic, j, x):
+    """Critic j of the ensemble as a plain MLP."""
+    for i, (w, b) in enumerate(zip(critic.weights, critic.biases, strict=True)):
+        x = x @ w[j] + b[j, 0]
+        if i < len(critic.weights) - 1:
+            x = torch.relu(x)
+    return x
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def moved(before, module):
+    return any(not torch.equal(a, p) for a, p in zip(before, module.parameters(), strict=True))
+
+
+def test_discrete_sac_on_frames_shapes_and_acting():
+    agent = make(SACAgent, SACConfig(hidden=(), features=32, learning_starts=0), DISCRETE)
+    features = agent.encode(frames(5, 0))
+    assert agent.encoder is not None and features.shape == (5, 32)
+    assert agent.critic(features).shape == (2, 5, 3) and agent.actor(features).shape == (5, 3)
+    actions = agent.act(frames(2, 1).numpy())
+    assert actions.shape == (2,) and set(actions.tolist()) <= {0, 1, 2}
+    assert set(agent.policy_weights()) >= {"encoder.1.weight", "actor.out.weight"}  # distributed actors get both
+
+
+def test_discrete_sac_critic_target_through_the_target_encoder_by_hand():
+    agent = make(SACAgent, SACConfig(hidden=(), features=16, learning_starts=0), DISCRETE)
+    obs, actions, returns, next_obs, discounts = image_batch()
+    with torch.no_grad():
+        agent.encoder_target[1].bias.add_(0.5)  # target encoder != online encoder: the target must use the former
+        next_q = torch.minimum(member(agent.critic_target, 0, agent.encoder_target(next_obs)),
+                               member(agent.critic_target, 1, agent.encoder_target(next_obs)))
+        probs = torch.softmax(agent.actor(agent.encoder(next_obs)), -1)  # the online actor at s'
+        y = returns + discounts * (probs * (next_q - 1.0 * probs.log())).sum(-1)  # alpha starts at 1
+        f = agent.encoder(obs)
+        q = [member(agent.critic, j, f)[torch.arange(4), actions] for j in (0, 1)]
+        expected = ((q[0] - y) ** 2).mean() + ((q[1] - y) ** 2).mean()
+    metrics, _ = agent._critic_step(obs, actions, returns, next_obs, discounts)
+    assert metrics["qf_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("cls", [SACAgent, TD3Agent])
+def test_updates_train_the_encoder_by_the_critic_loss_only(cls):
+    config = (SACConfig if cls is SACAgent else TD3Config)(hidden=(8,), features=16, learning_starts=0,
+                                                           policy_frequency=1)
+    agent = make(cls, config, DISCRETE if cls is SACAgent else BOX)
+    encoder, actor, target = snapshot(agent.encoder), snapshot(agent.actor), snapshot(agent.encoder_target)
+    agent._actor_step(agent.encode(frames(4, 3)).detach())
+    assert moved(actor, agent.actor) and not moved(encoder, agent.encoder)  # the actor's loss stops at features
+    for t in range(3):
+        agent.gradient_step(*image_batch(discrete=cls is SACAgent, seed=t))
+        agent.updates += 1
+    assert moved(encoder, agent.encoder) and moved(target, agent.encoder_target)  # Polyak follows the encoder
+    assert all(torch.isfinite(p).all() for p in agent.encoder.parameters())
+
+
+def test_td3_on_frames_target_by_hand_and_actions_in_bounds():
+    agent = make(TD3Agent, TD3Config(hidden=(8,), features=16, learning_starts=0, policy_frequency=1000), BOX)
+    assert agent.critic.weights[0].shape == (2, 16 + 2, 8)  # the action joins after the CNN
+    obs, actions, returns, next_obs, discounts = image_batch(discrete=False)
+    state = agent.generator.get_state()
+    noise = torch.randn(4, 2, generator=agent.generator)
+    agent.generator.set_state(state)
+    with torch.no_grad():
+        agent.encoder_target[1].bias.add_(0.5)
+        next_f = agent.encoder_target(next_obs)
+        next_u = (agent.actor_target(next_f) + (0.2 * noise).clamp(-0.5, 0.5)).clamp(-1, 1)
+        x = torch.cat((next_f, next_u), 1)
+        y = returns + discounts * torch.minimum(member(agent.critic_target, 0, x), member(agent.critic_target, 1, x)
+                                                ).squeeze(-1)
+        xa = torch.cat((agent.encoder(obs), actions), 1)
+        expected = sum(((member(agent.critic, j, xa).squeeze(-1) - y) ** 2).mean() for j in (0, 1))
+    agent.updates = 1  # not an actor step
+    assert agent.gradient_step(obs, actions, returns, next_obs, discounts)["qf_loss"].item() == pytest.approx(
+        expected.item(), rel=1e-5)
+    acted = agent.act(frames(2, 5).numpy())
+    assert acted.shape == (2, 2) and np.all(np.abs(acted) <= 1.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gymnasium_mariobros") is None,
+                    reason="gymnasium-mariobros is not installed (pip install -e '.[mario]')")
+@pytest.mark.slow
+@pytest.mark.parametrize(("algo", "preset", "steps"), [("sac", "mario", 300), ("td3", "mario-press", 200)])
+def test_mario_smoke_run_writes_a_complete_run_folder(tmp_path, algo, preset, steps, one_thread):
+    run = tmp_path / "run"
+    assert main(["train", "--algo", algo, "--env", "SuperMarioBros-1-1-v0", "--preset", preset,
+                 "--total-steps", str(steps), "--no-progress", "--run-dir", str(run),
+                 "--set", "learning_starts=100", "--set", "buffer_size=500", "--set", "batch_size=8",
+                 "--set", f"eval_every={steps}", "--set", "eval_episodes=1", "--set", "eval_max_steps=50",
+                 "--set", "env_options.max_episode_steps=100"]) == 0
+    for name in ("config.yaml", "metrics.csv", "eval.csv", "learner.csv", "status.json", "checkpoints/latest.pt"):
+        assert (run / name).exists(), name
+    header, *rows = read_rows(run / "learner.csv")
+    last = dict(zip(header, rows[-1], strict=True))
+    assert int(last["updates"]) > 0 and np.isfinite(float(last["qf_loss"]))
+    held = [n for n in read_rows(run / "eval.csv")[0] if n.startswith("held_")]
+    assert len(held) == (7 if preset == "mario-press" else 0)
