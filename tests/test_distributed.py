@@ -110,11 +110,27 @@ def test_dqn_runs_distributed(tmp_path, mode):
     assert [int(r[1]) for r in read_rows(run / "metrics.csv")[1:]] == list(range(1, len(episodes(run)) + 1))
 
 
+@pytest.mark.parametrize(("algo", "options"), [("nec", []), ("gq", ["--set", "learning_starts=100"])])
+def test_memory_agents_act_centrally_as_one_process(tmp_path, algo, options):
+    """Central inference: the learner's agent acts for both actors' envs each vector step, so 2 actors x 2 envs
+    are 1 process x 4 envs: the same episodes, learner metrics and evaluations (at the same steps)."""
+    args = ["--algo", algo, "--env", "CartPole-v1", "--seed", "3", "--num-envs", "4", "--total-steps", "600",
+            "--no-progress", "--set", "eval_every=400", "--set", "eval_episodes=2", *options]
+    single, split = tmp_path / "single", tmp_path / "split"
+    train(*args, "--run-dir", str(single))
+    train(*args, "--actors", "2", "--run-dir", str(split))
+    assert episodes(single) == episodes(split) and len(episodes(single)) > 5
+    for name in ("learner.csv", "eval.csv"):
+        assert read_rows(split / name) == read_rows(single / name) and len(read_rows(single / name)) > 1, name
+    assert RunDir(split).load_checkpoint()["runner"]["step"] == 600
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--algo", "ppo-transformer", "--num-envs", "2", "--actors", "2"], "does not run with --actors"),
     (["--algo", "ppo", "--num-envs", "3", "--actors", "2"], "must be a multiple of --actors"),
     (["--algo", "dqn", "--num-envs", "2", "--actors", "2", "--mode", "async", "--set", "n_step=3"], "set n_step=1"),
     (["--algo", "ppo", "--num-envs", "2", "--actors", "2", "--mode", "fast"], "mode"),
+    (["--algo", "nec", "--num-envs", "2", "--actors", "2", "--mode", "async"], "memory is learner-side"),
 ])
 def test_bad_distributed_configs_get_one_line_errors(tmp_path, capsys, args, message):
     assert main(["train", *args, "--env", "CartPole-v1", "--total-steps", "100", "--no-progress",

@@ -24,7 +24,8 @@ class Agent(ABC):
     Config: type
     metric_names: tuple[str, ...] = ()
     # How a distributed run (runners/distributed.py) feeds it: "on-policy" (actors fill rollouts the learner
-    # concatenates), "off-policy" (actors send transitions the learner observes), None (single process only).
+    # concatenates), "off-policy" (actors send transitions the learner observes), "central" (the learner acts
+    # for all actors each vector step: agents whose acting reads a learner-side memory), None (one process only).
     distributed: str | None = None
     multi_agent: bool = False  # True: takes the multi-agent interface of gbmr/envs/multiagent.py
 
@@ -91,6 +92,9 @@ class Agent(ABC):
     def async_problem(cls, config: Any) -> str | None:
         """Why an async distributed run cannot feed this agent one actor's slice of the envs at a time, or None
         when it can. On-policy agents learn from joined slices; off-policy ones must say they take slices."""
+        if cls.distributed == "central":
+            return ("its memory is learner-side, so the learner acts for all actors at every vector step "
+                    "(central inference) and no actor can run ahead")
         return None if cls.distributed == "on-policy" else "it observes whole vector steps only"
 
     def policy_weights(self) -> dict[str, torch.Tensor]:

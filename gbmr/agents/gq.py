@@ -84,6 +84,7 @@ class GQConfig:
 
 class GQAgent(Agent):
     Config = GQConfig
+    distributed = "central"  # acting reads the learner-side memory: the learner acts for the actors
     metric_names = ("nodes", "edges", "epsilon", "encoder_loss")
 
     @classmethod

@@ -65,6 +65,7 @@ def untouched(tables: Sequence[Any]) -> Iterator[None]:
 
 class MFECAgent(Agent):
     Config = MFECConfig
+    distributed = "central"  # acting reads the learner-side memory: the learner acts for the actors
     metric_names = ("epsilon", "memory")
 
     @classmethod

@@ -70,6 +70,7 @@ class NECConfig:
 
 class NECAgent(Agent):
     Config = NECConfig
+    distributed = "central"  # acting reads the learner-side memory: the learner acts for the actors
     metric_names = ("loss", "q_mean", "epsilon", "memory")
 
     @classmethod

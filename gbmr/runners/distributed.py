@@ -9,6 +9,10 @@ version. What an actor sends depends on the agent (``Agent.distributed``):
 - off-policy (DQN and its kin): its [T, M] transitions, which the learner observes a vector step at a time, with
   an update after each as in one process (sync: all actors' slices joined into N-env steps; async: one actor's
   M-env slice at a time, for agents whose replay takes any rows, see ``Agent.async_problem``).
+- central (the episodic-memory agents NEC, MFEC, GQ, GBMR, whose acting reads a large memory that changes every
+  step): nothing but the envs; each vector step the learner acts on all actors' observations in one batch, sends
+  each its actions and observes the joined step (central inference, SEED RL), so the memory never leaves the
+  learner and the run is the single-process run. Sync only; an actor that dies stops the run (``--resume``).
 
 ``sync`` mode collects every batch with the latest weights (versions advance by exactly one per batch): for an
 on-policy agent, whose env i samples from its own stream wherever it lives, the run is the single-process run
@@ -104,17 +108,36 @@ class RolloutActor:
         envs = make_vector_env(cfg.env, len(env_ids), **cfg.env_options)
         self.total_envs = cfg.num_envs
         self.env_ids = np.asarray(env_ids)
-        self.agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, len(env_ids))
-        if hasattr(self.agent, "assign_envs"):
-            self.agent.assign_envs(self.env_ids)
-        self.on_policy = self.agent.distributed == "on-policy"
+        self.agent: Agent | None = None  # central inference: the learner acts, the actor only steps its envs
+        if agent_class(cfg.algo).distributed != "central":
+            self.agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, len(env_ids))
+            if hasattr(self.agent, "assign_envs"):
+                self.agent.assign_envs(self.env_ids)
+        self.on_policy = agent_class(cfg.algo).distributed == "on-policy"
         self.collector = Collector(envs, cfg.seed, self.env_ids)
         if state is None:
             self.collector.start()
         else:
             self.collector.load_state_dict(to_numpy(state["collector"]))
-            for rng, saved in zip(self.agent.acting_rngs(), state["rngs"], strict=True):
+            for rng, saved in zip(self._rngs(), state["rngs"], strict=True):
                 set_rng_state(rng, saved)
+
+    def _rngs(self) -> list[np.random.Generator]:
+        return self.agent.acting_rngs() if self.agent is not None else []
+
+    def state(self) -> dict[str, Any]:
+        """What a replacement needs to go on from here: the collector and the acting generators."""
+        return {"collector": to_saveable(self.collector.state_dict()), "rngs": [rng_state(r) for r in self._rngs()]}
+
+    def observation(self) -> Any:
+        return self.collector.obs
+
+    def step(self, actions: np.ndarray) -> dict[str, Any]:
+        """Central inference: one vector step with the learner's actions; the transitions, the episodes that
+        ended (global env ids) and the observations the learner acts on next."""
+        step = self.collector.step(actions)
+        finished = [(0, int(self.env_ids[i]), ret, length, extra) for i, ret, length, extra in step.finished]
+        return {"step": tuple(step[:6]), "finished": finished, "obs": self.collector.obs}
 
     def pid(self) -> int:
         import os
@@ -145,11 +168,17 @@ class RolloutActor:
             batch = {name: np.stack(column) for name, column in
                      zip(("obs", "actions", "rewards", "next_obs", "terminated", "truncated"),
                          zip(*transitions, strict=True), strict=True)}
-        state = {"collector": to_saveable(self.collector.state_dict()),
-                 "rngs": [rng_state(r) for r in self.agent.acting_rngs()]}
-        return {"version": version, "env_ids": self.env_ids, "batch": batch, "finished": finished, "state": state}
+        return {"version": version, "env_ids": self.env_ids, "batch": batch, "finished": finished,
+                "state": self.state()}
 
 
+
+
+def _join(parts: list[Any]) -> Any:
+    """Actors' slices (arrays, or dicts of arrays for dict observations) joined along the env axis."""
+    if isinstance(parts[0], dict):
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    return np.concatenate(parts)
 
 
 DISTRIBUTED_COLUMNS = ("step", "actor", "version", "learner_version", "lag", "dropped")
@@ -165,6 +194,7 @@ class DistributedRunner(SyncRunner):
         super().__init__(config, agent, None, eval_env, run, progress)
         self.per_actor = config.num_envs // config.actors
         self.on_policy = agent.distributed == "on-policy"
+        self.central = agent.distributed == "central"
         self.batch_steps = agent.storage.capacity if self.on_policy else config.actor_steps  # vector steps
         self.version = 0  # the learner's policy version: one per update phase
         self.actor_states: list[Any] = [None] * config.actors  # after the last batch taken from each actor
@@ -185,6 +215,8 @@ class DistributedRunner(SyncRunner):
         self.log = CsvLog(self.run.path / "distributed.csv", DISTRIBUTED_COLUMNS,
                           self.distributed_rows if self.distributed_rows or self.step else None)
         self._weights, self._weights_version = None, -1
+        if self.central:
+            self.obs = _join(self.ray.get([actor.observation.remote() for actor in self.actors]))
 
     def _spawn(self, k: int) -> Any:
         env_ids = list(range(k * self.per_actor, (k + 1) * self.per_actor))
@@ -228,7 +260,9 @@ class DistributedRunner(SyncRunner):
         self._spawn_all()
 
     def _advance(self) -> None:
-        if self.config.mode == "sync":
+        if self.central:
+            self._act_centrally()
+        elif self.config.mode == "sync":
             n = self.config.num_envs  # the last batch stops at the budget, as one process does
             steps = min(self.batch_steps, -(-(self.config.total_steps - self.step) // n))
             refs = [self._launch(k, steps) for k in range(self.config.actors)]
@@ -253,6 +287,26 @@ class DistributedRunner(SyncRunner):
                 self._take_slice(result, stale)
             else:
                 self._learn_transitions([result], self.batch_steps, observe=not stale, envs=self.per_actor)
+
+    def _act_centrally(self) -> None:
+        """Central inference (SEED RL): the learner's agent acts on all actors' observations in one batch, the
+        actors step their slices, and the learner observes the joined vector step and updates: the single-process
+        loop with the envs elsewhere, evaluation and checkpoints at the same steps. The memory never leaves the
+        learner; no weights travel, so distributed.csv stays empty (every action is from the latest policy)."""
+        m = self.per_actor
+        actions = self.agent.act(self.obs, explore=True)
+        refs = [actor.step.remote(actions[k * m:(k + 1) * m]) for k, actor in enumerate(self.actors)]
+        try:
+            results = self.ray.get(refs)
+        except self.ray.exceptions.RayActorError:  # a replacement cannot rewind the other actors' envs
+            raise GbmrError(f"an actor died while stepping for {self.config.algo} (central inference); "
+                            "continue the run from its last checkpoint with --resume") from None
+        self.agent.observe(*(_join([r["step"][i] for r in results]) for i in range(6)))
+        self._accumulate(self.agent.update())
+        self.step += self.config.num_envs
+        self.obs = _join([r["obs"] for r in results])
+        for _, _, ret, length, extra in (f for r in results for f in r["finished"]):
+            self._end_episode(ret, length, self.metrics, extra)
 
     def _log_batches(self, results: list[tuple[int, dict[str, Any]]], dropped: bool) -> None:
         for k, result in results:
@@ -328,6 +382,8 @@ class DistributedRunner(SyncRunner):
 
     # ------------------------------------------------------------------ checkpoints
     def _collection_state(self) -> dict[str, Any]:
+        if self.central:  # the actors' envs as of this vector step
+            self.actor_states = self.ray.get([actor.state.remote() for actor in self.actors])
         return {"actor_states": self.actor_states, "version": self.version, "slices": self.slices,
                 "restarts": self.restarts, "distributed_rows": self.distributed_rows}
 
