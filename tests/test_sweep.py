@@ -155,8 +155,8 @@ def test_every_algorithm_env_pair_is_checked_on_a_real_env_up_front(tmp_path, mo
 
 def test_missing_sweep_file_names_the_shipped_ones(tmp_path):
     code, _, err = sweep(tmp_path / "nope.yaml")
-    shipped = ("cartpole-dqn-lr, cartpole-ppo-cleanrl, lunarlander-continuous, minatar-dqn, minatar-inverse-freeway, minatar-pg, "
-               "pendulum-continuous, tiny")
+    shipped = ("cartpole-dqn-lr, cartpole-ppo-cleanrl, lunarlander-continuous, minatar-dqn, "
+               "minatar-inverse-freeway, minatar-pg, pendulum-continuous, tiny")
     assert code == 2 and f"does not exist (shipped sweeps: {shipped})" in err
 
 
