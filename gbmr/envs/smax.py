@@ -12,6 +12,7 @@ same one). ``won`` (1 when the allies killed every enemy) is an episode metric, 
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -42,6 +43,40 @@ def _import_jax_on_cpu() -> None:
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
+@functools.cache
+def _compiled(scenario: str, max_steps: int) -> tuple:
+    """(n_allies, obs_dim, state_dim, n_actions, jitted reset, jitted step) of a scenario, built once per process
+    so a vector env's copies and later envs share one compilation."""
+    _import_jax_on_cpu()
+    import jax
+    import jax.numpy as jnp
+    from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
+
+    env = HeuristicEnemySMAX(scenario=map_name_to_scenario(scenario), max_steps=max_steps)
+    agents = list(env.agents)
+    n_allies = env.num_allies
+
+    def observe(state):
+        obs = env.get_obs(state)
+        avail = env.get_avail_actions(state)
+        alive = state.state.unit_alive[:n_allies]
+        return (jnp.stack([obs[a] for a in agents]) * alive[:, None], env.get_world_state(state),
+                jnp.stack([avail[a] for a in agents]), alive)
+
+    def reset(key):
+        _, state = env.reset(key)
+        return state, observe(state)
+
+    def step(key, state, actions):
+        _, state, rewards, dones, _ = env.step_env(key, state, {a: actions[i] for i, a in enumerate(agents)})
+        won = ~state.state.unit_alive[n_allies:].any()
+        return state, observe(state), rewards[agents[0]], dones["__all__"], won
+
+    state_dim = int(jax.eval_shape(reset, jax.random.PRNGKey(0))[1][1].shape[0])
+    return (n_allies, int(env.observation_space(agents[0]).shape[0]), state_dim, int(env.action_space(agents[0]).n),
+            jax.jit(reset), jax.jit(step))
+
+
 class SMAXAdapter(gym.Env):
     """A jaxmarl ``HeuristicEnemySMAX`` as the Dict interface; dead allies get zero observations and no-op only."""
 
@@ -49,36 +84,10 @@ class SMAXAdapter(gym.Env):
     episode_metric_names = ("won",)
 
     def __init__(self, scenario: str, max_steps: int) -> None:
-        _import_jax_on_cpu()
         import jax
-        import jax.numpy as jnp
-        from jaxmarl.environments.smax import HeuristicEnemySMAX, map_name_to_scenario
 
         self._jax = jax
-        env = HeuristicEnemySMAX(scenario=map_name_to_scenario(scenario), max_steps=max_steps)
-        agents = list(env.agents)
-        n_allies = env.num_allies
-        self.n_actions = int(env.action_space(agents[0]).n)
-        obs_dim = int(env.observation_space(agents[0]).shape[0])
-
-        def observe(state):
-            obs = env.get_obs(state)
-            avail = env.get_avail_actions(state)
-            alive = state.state.unit_alive[:n_allies]
-            return (jnp.stack([obs[a] for a in agents]) * alive[:, None], env.get_world_state(state),
-                    jnp.stack([avail[a] for a in agents]), alive)
-
-        def reset(key):
-            _, state = env.reset(key)
-            return state, observe(state)
-
-        def step(key, state, actions):
-            _, state, rewards, dones, _ = env.step_env(key, state, {a: actions[i] for i, a in enumerate(agents)})
-            won = ~state.state.unit_alive[n_allies:].any()
-            return state, observe(state), rewards[agents[0]], dones["__all__"], won
-
-        self._reset, self._step = jax.jit(reset), jax.jit(step)
-        state_dim = int(jax.eval_shape(reset, jax.random.PRNGKey(0))[1][1].shape[0])
+        n_allies, obs_dim, state_dim, self.n_actions, self._reset, self._step = _compiled(scenario, max_steps)
         self.observation_space, self.action_space = multi_agent_spaces(n_allies, obs_dim, state_dim, self.n_actions)
         self._key = self._state = None
         self._won = 0.0
