@@ -8,6 +8,7 @@ part trains, as in a run past its first episodes. Run with ``nice``: ``python be
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import time
 
 import numpy as np
@@ -49,10 +50,12 @@ def measure(algo: str, env_id: str, steps: int, agent_net: str, seed: int = 0) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=2000)
+    smax = ("SMAX/2s3z",) if importlib.util.find_spec("jaxmarl") else ()  # the smax extra is optional
+    parser.add_argument("--envs", nargs="+", default=["LBF/Foraging-8x8-2p-1f-coop-v3", "MPE/simple_spread-v3", *smax])
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
-    for env_id in ("LBF/Foraging-8x8-2p-1f-coop-v3", "MPE/simple_spread-v3"):
+    for env_id in args.envs:
         for algo, net in (("qmix", "rnn"), ("differ", "rnn"), ("differ", "transformer")):
             result = measure(algo, env_id, args.steps, net)
             rows.append((env_id, f"{algo} ({net})", result))

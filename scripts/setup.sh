@@ -8,4 +8,4 @@ PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     "$PYTHON" -m pip install --quiet torch==2.13.0
 fi
-"$PYTHON" -m pip install --quiet -e ".[dev,mario]"
+"$PYTHON" -m pip install --quiet -e ".[dev,mario,smax]"  # smax adds ~12 s (jaxmarl, jax CPU)

@@ -20,7 +20,7 @@ from gymnasium.spaces import Box
 
 from gbmr.core.errors import GbmrError, unknown_choice
 
-FAMILIES = ("classic", "minatar", "atari", "maze", "memory", "mpe", "lbf", "mario")  # fixed lists of ids, tried
+FAMILIES = ("classic", "minatar", "atari", "maze", "memory", "mpe", "lbf", "mario", "smax")  # fixed lists of ids, tried
 # in this order
 GENERIC = "gym"  # the family of module ``generic``, tried last: whatever Gymnasium has registered
 _LISTED = 12  # a family with more ids (Atari: >100) is summarised in the unknown-id error
