@@ -204,7 +204,7 @@ def test_minigrid_maze_views_and_actions() -> None:
 
 def test_listing_and_families() -> None:
     ids = list_env_ids()
-    assert set(ids) == {"classic", "minatar", "atari", "maze", "memory", "mpe", "lbf", "mario"}
+    assert set(ids) == {"classic", "minatar", "atari", "maze", "memory", "mpe", "lbf", "mario", "smax"}
     assert env_family("MPE/simple_spread-v3") == "mpe" and env_family("LBF/Foraging-8x8-2p-1f-coop-v3") == "lbf"
     assert {"SuperMarioBros-1-1-v0", "SuperMarioBros-8-4-v3", "SuperMarioBros-v0"} <= set(ids["mario"])
     for game in ("MsPacman", "Alien", "Pong", "Frostbite", "Hero", "Breakout"):
