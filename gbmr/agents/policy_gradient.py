@@ -63,7 +63,8 @@ class StochasticPolicy(Policy):
         """This step's noise for the head to sample with, one row per env from its own stream."""
         return torch.from_numpy(self.head.noise(self.sampling_rngs)).to(self.device)
 
-    def act(self, obs, state, explore):
+    def act(self, obs: torch.Tensor, state: dict[str, torch.Tensor], explore: bool
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         params, values, state = self.distribution(obs, state)
         if not explore:
             return self.head.mode(params), state, {}

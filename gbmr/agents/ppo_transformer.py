@@ -41,9 +41,13 @@ class TransformerPolicy(StochasticPolicy):
         return {**self.net.transformer.initial_cache(num_envs),
                 "starts": torch.ones(num_envs, dtype=torch.bool, device=self.device)}
 
+    @staticmethod
+    def cache(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state's KV cache: everything but ``starts``."""
+        return {k: v for k, v in state.items() if k != "starts"}
+
     def distribution(self, obs, state):
-        cache = {k: v for k, v in state.items() if k != "starts"}
-        params, values, cache = self.net.step(obs, state["starts"], cache)
+        params, values, cache = self.net.step(obs, state["starts"], self.cache(state))
         return params, values, {**cache, "starts": torch.zeros_like(state["starts"])}
 
     def episode_ends(self, state, dones):
@@ -51,7 +55,7 @@ class TransformerPolicy(StochasticPolicy):
 
     def value(self, obs, state):
         """V of each env's next observation in its episode's context (the cache itself is not advanced)."""
-        cache = {k: v.clone() for k, v in state.items() if k != "starts"}
+        cache = {k: v.clone() for k, v in self.cache(state).items()}
         return self.net.step(obs, torch.zeros_like(state["starts"]), cache)[1]
 
     @torch.inference_mode()
