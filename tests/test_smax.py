@@ -41,9 +41,13 @@ def test_spaces_and_available_actions(scenario, n_agents, n_enemies):
         assert env.observation_space.contains(obs)
         assert (obs["avail_actions"].sum(axis=1) >= 1).all()
         dead = obs["agent_terminated"] > 0
-        assert (obs["avail_actions"][dead] == np.eye(n_actions, dtype=np.int8)[0]).all()  # no-op only
+        assert (obs["avail_actions"][dead] == np.eye(n_actions, dtype=np.int8)[4]).all()  # stop only
         assert not obs["obs"][dead].any()
     assert not seen[0]["avail_actions"][:, 5:].any()  # enemies start out of shooting range
+    assert any((obs["agent_terminated"] > 0).any() for obs in seen)  # the dead-ally checks above ran
+    states = np.stack([obs["state"] for obs in seen])
+    assert states.min() >= 0.0 and states.max() <= 1.0 + 1e-6  # normalised, as SMAC's state
+    assert states.max() > 0.5  # positions scaled by the map size, not squashed to nothing
 
 
 def test_same_seed_replays_the_episode():

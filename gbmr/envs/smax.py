@@ -43,6 +43,20 @@ def _import_jax_on_cpu() -> None:
     os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
+def _world_state_scale(env) -> np.ndarray:
+    """Factors that bring SMAX's world state into [0, 1] as SMAC's normalised state is: per unit (health fraction,
+    x, y, weapon cooldown, type bits), then every unit's team and type index; the caller clips at 0 the cooldowns,
+    which SMAX lets run below zero once a weapon is ready. Raw positions run to the map size
+    (32) and type indices to 5; a QMIX mixer whose hypernetworks read them starts with Q_tot in the tens (on
+    returns of at most 2) and drifts upwards instead of learning."""
+    n_units = env.num_allies + env.num_enemies
+    unit = np.ones(len(env.own_features), dtype=np.float32)
+    unit[1:4] = 1.0 / env.map_width, 1.0 / env.map_height, 1.0 / float(np.max(env.unit_type_weapon_cooldowns))
+    n_types = len(env.unit_type_health)
+    return np.concatenate([np.tile(unit, n_units), np.ones(n_units, np.float32),
+                           np.full(n_units, 1.0 / max(n_types - 1, 1), np.float32)])
+
+
 @functools.cache
 def _compiled(scenario: str, max_steps: int) -> tuple:
     """(n_allies, obs_dim, state_dim, n_actions, jitted reset, jitted step) of a scenario, built once per process
@@ -55,12 +69,13 @@ def _compiled(scenario: str, max_steps: int) -> tuple:
     env = HeuristicEnemySMAX(scenario=map_name_to_scenario(scenario), max_steps=max_steps)
     agents = list(env.agents)
     n_allies = env.num_allies
+    state_scale = _world_state_scale(env)
 
     def observe(state):
         obs = env.get_obs(state)
         avail = env.get_avail_actions(state)
         alive = state.state.unit_alive[:n_allies]
-        return (jnp.stack([obs[a] for a in agents]) * alive[:, None], env.get_world_state(state),
+        return (jnp.stack([obs[a] for a in agents]) * alive[:, None], jnp.clip(env.get_world_state(state) * state_scale, 0.0, 1.0),
                 jnp.stack([avail[a] for a in agents]), alive)
 
     def reset(key):
@@ -78,7 +93,8 @@ def _compiled(scenario: str, max_steps: int) -> tuple:
 
 
 class SMAXAdapter(gym.Env):
-    """A jaxmarl ``HeuristicEnemySMAX`` as the Dict interface; dead allies get zero observations and no-op only."""
+    """A jaxmarl ``HeuristicEnemySMAX`` as the Dict interface; dead allies get zero observations and SMAX's stop
+    action (index 4, after the four moves) only."""
 
     metadata: dict[str, Any] = {"render_modes": []}
     episode_metric_names = ("won",)
@@ -94,12 +110,9 @@ class SMAXAdapter(gym.Env):
 
     def _observation(self, observed: tuple) -> dict[str, np.ndarray]:
         obs, state, avail, alive = (np.asarray(x) for x in observed)
-        dead = ~alive.astype(bool)
-        avail = avail.astype(np.int8)
-        avail[dead] = 0
-        avail[dead, 0] = 1
-        return {"obs": obs.astype(np.float32), "state": state.astype(np.float32), "avail_actions": avail,
-                "agent_terminated": dead.astype(np.int8)}
+        dead = ~alive.astype(bool)  # SMAX's own mask leaves a dead ally only its stop action
+        return {"obs": obs.astype(np.float32), "state": state.astype(np.float32),
+                "avail_actions": avail.astype(np.int8), "agent_terminated": dead.astype(np.int8)}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
