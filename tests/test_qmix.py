@@ -16,8 +16,9 @@ from gbmr.agents.differ import (
     selection_weights,
     shared_counts,
 )
-from gbmr.agents.qmix import episode_mask, greedy_next_q, masked_mse, td_targets
+from gbmr.agents.qmix import QMIXAgent, QMIXConfig, episode_mask, greedy_next_q, masked_mse, td_targets
 from gbmr.cli import main
+from gbmr.envs.multiagent import multi_agent_spaces
 from gbmr.nets.marl import QMixer, RNNAgent, TransformerAgent
 
 
@@ -98,6 +99,22 @@ def test_agent_nets_act_step_by_step_as_they_train_on_episodes(one_thread):
             q, state = net.step(x[:, t], state, torch.full((3,), t == 0))
             steps.append(q)
         torch.testing.assert_close(torch.stack(steps, dim=1), whole, atol=1e-5, rtol=1e-4)
+
+
+def test_acting_starts_each_episode_without_a_last_action(one_thread):
+    """Training unrolls every episode from a zero last action; acting must see the same input at an episode's
+    first step, not the previous episode's final actions."""
+    obs_space, act_space = multi_agent_spaces(2, 3, 4, 3)
+    agent = QMIXAgent(QMIXConfig(), obs_space, act_space, num_envs=2, device=torch.device("cpu"), seed=0,
+                      total_steps=100)
+    obs = {k: np.zeros((2, *space.shape), space.dtype) for k, space in obs_space.spaces.items()}
+    obs["avail_actions"][:] = 1
+    actions = agent.act(obs)
+    agent.observe(obs, actions, np.zeros(2), obs, np.array([True, False]), np.array([False, False]))
+    last = agent._acting["last"]
+    assert not last[0].any()  # env 0's episode ended: its next input carries no last action
+    torch.testing.assert_close(last[1], torch.nn.functional.one_hot(torch.as_tensor(actions[1]), 3).float())
+    assert agent._acting["starts"].tolist() == [True, False]
 
 
 # ---------------------------------------------------------------------- DIFFER

@@ -185,8 +185,10 @@ class QMIXAgent(Agent):
         for i in range(self.num_envs):
             self.buffer.add_step(i, {k: v[i] for k, v in obs.items()}, actions[i], float(rewards[i]),
                                  bool(terminated[i]), {k: v[i] for k, v in next_obs.items()}, bool(done[i]))
-        if done.any():
-            self._acting["starts"][torch.as_tensor(done, device=self.device)] = True
+        if done.any():  # a new episode starts with no memory and no last action, as training unrolls it
+            ended = torch.as_tensor(done, device=self.device)
+            self._acting["starts"][ended] = True
+            self._acting["last"][ended] = 0
             self.episodes += int(done.sum())
         self.steps += self.num_envs
         cfg = self.config
