@@ -58,6 +58,7 @@ def test_lbf_avail_actions_are_the_valid_moves_and_the_time_limit_truncates():
         done = False
         while not done:
             obs, reward, terminated, truncated, _ = env.step(random_available(obs, rng))
+            assert reward == pytest.approx(sum(p.reward for p in env.unwrapped.base.players))  # the agents' sum
             done = terminated or truncated
         ends.append((terminated, reward))
     assert any(terminated for terminated, _ in ends)

@@ -9,8 +9,11 @@ serve it unchanged:
 - ``avail_actions``    ``[n_agents, n_actions]`` int8, 1 where the action is allowed now
 - ``agent_terminated`` ``[n_agents]`` int8, 1 once that agent is done (dead or finished) within the episode
 
-The action is a MultiDiscrete ``[n_actions] * n_agents`` (one action per agent) and the reward is the team
-reward, the sum of the agents' rewards (EPyMARL's ``common_reward`` with ``reward_scalarisation: sum``).
+The action is a MultiDiscrete ``[n_actions] * n_agents`` (one action per agent) and the reward is one team reward
+per step, as each family defines it: PettingZoo envs (MPE) and LBF, whose agents earn rewards of their own, give
+the sum of the agents' rewards (EPyMARL's ``common_reward`` with ``reward_scalarisation: sum``; simple_spread's
+agents each get the shared coverage term plus half their own collision penalty, ``local_ratio`` 0.5); SMAX gives
+every ally the same shared reward, and the team reward is that one value, not its sum over the allies.
 An agent whose episode ended gets zero observations and only action 0 (no-op) available.
 """
 
