@@ -12,7 +12,7 @@ from rliable import metrics as rlm
 
 from gbmr.analysis.cli import add_compare_parser, run_compare
 from gbmr.analysis.report import build_report
-from gbmr.analysis.runs import align, load_run, load_runs, score_at_budget
+from gbmr.analysis.runs import align, curve, load_run, load_runs, score_at_budget
 from gbmr.analysis.stats import (
     aggregate_estimates,
     aggregate_metrics,
@@ -290,3 +290,51 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert (tmp_path / "out" / "index.html").is_file()
     assert main(["compare", str(tmp_path / "nope*"), "--out", str(tmp_path / "out")]) == 2
     assert "no files match" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- scoring another column (SMAX's win rate)
+
+
+def smax_run(root, algo, seed, returns, won):
+    """A SMAX run: evaluations at 100, 200, ... with these mean returns and win rates; the training episodes
+    ending at the same steps log the same values."""
+    steps = 100 * np.arange(1, len(returns) + 1)
+    return write_run(root / f"{algo}_{seed}", algo, "SMAX/2s3z", seed, steps, returns, steps, returns,
+                     episode_metrics={"won": (won, won)})
+
+
+def test_compare_by_win_rate_scores_tables_curves_and_aggregates_on_won(tmp_path):
+    # qmix has the higher returns, differ the higher win rates: the table must follow the chosen column
+    smax_run(tmp_path, "qmix", 0, [5.0, 9.0], [0.0, 0.25])
+    smax_run(tmp_path, "qmix", 1, [6.0, 8.0], [0.0, 0.75])
+    smax_run(tmp_path, "differ", 0, [1.0, 2.0], [0.5, 1.0])
+    smax_run(tmp_path, "differ", 1, [1.0, 3.0], [0.25, 0.5])
+    runs = load_runs([str(tmp_path)], "won")
+    assert curve(runs[0], "eval")[1].tolist() in ([0.0, 0.25], [0.0, 0.75], [0.5, 1.0], [0.25, 0.5])
+    report = build_report(runs, tmp_path / "out", reps=REPS)
+    table = report.scores.set_index("method")
+    assert table.loc["qmix", "mean"] == pytest.approx(0.5)  # (0.25 + 0.75) / 2
+    assert table.loc["differ", "mean"] == pytest.approx(0.75)  # (1.0 + 0.5) / 2
+    assert table.loc["differ", "best"] and not table.loc["qmix", "best"]
+    normalised = report.runs.set_index(["method", "seed"]).normalised  # win rate's stated range 0..1
+    assert normalised.loc[("differ", 1)] == pytest.approx(0.5)
+    agg = report.aggregates.set_index(["method", "metric"])
+    assert agg.loc[("differ", "Mean"), "estimate"] == pytest.approx(0.75)
+    assert "final greedy evaluation's won" in (tmp_path / "out" / "scores.md").read_text()
+    # eval-mean: differ (0.5 + 1.0) / 2 and (0.25 + 0.5) / 2 -> 0.5625; train: the last episode's won
+    mean_of_evals = build_report(runs, tmp_path / "o2", metric="eval-mean", reps=REPS).scores
+    assert mean_of_evals.set_index("method").loc["differ", "mean"] == pytest.approx(0.5625)
+    train = build_report(runs, tmp_path / "o3", metric="train", reps=REPS).scores
+    assert train.set_index("method").loc["qmix", "mean"] == pytest.approx(0.5)
+    by_return = build_report(load_runs([str(tmp_path)]), tmp_path / "o4", reps=REPS).scores
+    assert by_return.set_index("method").loc["qmix", "mean"] == pytest.approx(8.5)
+
+
+def test_a_column_some_run_lacks_is_rejected_naming_the_columns_all_have(tmp_path):
+    smax_run(tmp_path, "qmix", 0, [5.0], [1.0])
+    eval_run(tmp_path, "qmix", "SMAX/2s3z", 1, [2.0])  # no won column
+    with pytest.raises(GbmrError, match=r"1 of the 2 runs .* have no column 'won'; the columns all runs "
+                                        r"have: return$"):
+        run_compare(compare_args(str(tmp_path), "--out", str(tmp_path / "out"), "--column", "won"))
+    with pytest.raises(GbmrError, match=r"no column 'win_rate'; the columns all runs have: return, won$"):
+        load_runs([str(tmp_path / "qmix_0")], "win_rate")

@@ -58,10 +58,36 @@ def test_lbf_avail_actions_are_the_valid_moves_and_the_time_limit_truncates():
         done = False
         while not done:
             obs, reward, terminated, truncated, _ = env.step(random_available(obs, rng))
+            assert reward == pytest.approx(sum(p.reward for p in env.unwrapped.base.players))  # the agents' sum
             done = terminated or truncated
         ends.append((terminated, reward))
     assert any(terminated for terminated, _ in ends)
     assert all(reward > 0 for terminated, reward in ends if terminated)  # the last food eaten pays
+
+
+def test_lbf_observations_are_scaled_so_the_untrained_q_tot_is_on_the_reward_scale():
+    import torch
+
+    from gbmr.agents.qmix import QMIXAgent, QMIXConfig
+
+    env = make_env("LBF/Foraging-8x8-2p-1f-coop-v3")
+    obs, _ = env.reset(seed=0)
+    base = env.unwrapped.base
+    raw = np.stack(base._make_gym_obs())  # (row, col, level) of the food, then of each player
+    np.testing.assert_allclose(obs["obs"], raw / np.array([7, 7, 4, 7, 7, 2, 7, 7, 2]), rtol=1e-6)
+    # raw coordinates up to 7 gave an untrained mixer Q_tot of 3-32 on these states (returns are at most 1)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        agent = QMIXAgent(QMIXConfig(), env.observation_space, env.action_space, 1, torch.device("cpu"), seed,
+                          1000)
+        obs, _ = env.reset(seed=seed)
+        states = []
+        for _ in range(20):
+            states.append(obs["state"])
+            obs, *_ = env.step(np.zeros(2, dtype=np.int64))
+        assert np.all((obs["obs"] >= 0) & (obs["obs"] <= 1))
+        q_tot = agent.mixer(torch.zeros(20, 2), torch.as_tensor(np.stack(states)))
+        assert q_tot.abs().max().item() < 1.0
 
 
 @pytest.mark.parametrize("env_id", ["MPE/simple_reference-v3", "LBF/Foraging-2s-5x5-2p-1f-coop-v3"])

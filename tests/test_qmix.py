@@ -204,6 +204,22 @@ def test_experience_sharing_sends_the_tails_to_agents_whose_tails_they_are_in():
     assert draws[:, 0, 3, 0].mean() > 1.5 and draws[:, 0, 0, 1].sum() == 0
 
 
+def test_standardised_rewards_use_the_running_statistics_of_the_real_steps():
+    from gbmr.envs import make_env
+
+    env = make_env("LBF/Foraging-5x5-2p-1f-coop-v3")
+    agent = QMIXAgent(QMIXConfig(standardise_rewards=True), env.observation_space, env.action_space, 1,
+                      torch.device("cpu"), 0, 100)
+    # the padded third step is left out: the statistics are those of [0, 1] (mean 0.5, std 0.5)
+    out = agent.standardise(torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[1.0, 1.0, 0.0]]))
+    np.testing.assert_allclose(out[0, :2].numpy(), [-1.0, 1.0], rtol=1e-3)
+    # a second batch merges: [0, 1, 1, 1] has mean 0.75 and variance 0.1875, so r = 1 -> 0.25 / sqrt(0.1875)
+    out = agent.standardise(torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 1.0]]))
+    assert agent.reward_stats.mean == pytest.approx(0.75, rel=1e-3)
+    assert agent.reward_stats.var == pytest.approx(0.1875, rel=1e-3)
+    np.testing.assert_allclose(out.numpy(), [[0.25 / 0.1875 ** 0.5] * 2], rtol=1e-3)
+
+
 # ---------------------------------------------------------------------- runs
 SMALL = ["--env", "LBF/Foraging-5x5-2p-1f-coop-v3", "--seed", "3", "--total-steps", "1200", "--no-progress",
          "--set", "batch_size=4", "--set", "rnn_hidden_dim=16", "--set", "eval_every=400", "--set", "eval_episodes=2",

@@ -51,6 +51,7 @@ class QMIXConfig:
     epsilon_finish: float = 0.05
     epsilon_anneal_time: int = 50_000  # env steps
     grad_norm_clip: float = 10.0
+    standardise_rewards: bool = False  # EPyMARL's QMIX: rewards over a running mean and std of the replayed ones
     agent_net: str = "rnn"  # rnn | transformer
     rnn_hidden_dim: int = 64
     transformer_d_model: int = 64
@@ -90,6 +91,31 @@ def td_targets(rewards: torch.Tensor, terminated: torch.Tensor, next_values: tor
     return rewards + gamma * (1 - terminated) * next_values
 
 
+class RunningMeanStd:
+    """Mean and variance of every value seen so far, merged batch by batch (Chan et al.; EPyMARL's
+    RunningMeanStd, which starts from mean 0, variance 1 with a weight of 1e-4)."""
+
+    def __init__(self) -> None:
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def update(self, values: torch.Tensor) -> None:
+        n = values.numel()
+        if n == 0:
+            return
+        mean, var = values.mean().item(), values.var(unbiased=False).item()
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + var * n + delta ** 2 * self.count * n / total) / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
+
+
 def masked_mse(errors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of the squared errors over the real entries (PyMARL's sum / mask.sum())."""
     return ((errors * mask) ** 2).sum() / mask.sum().clamp(min=1)
@@ -125,6 +151,7 @@ class QMIXAgent(Agent):
         self.buffer = EpisodeBuffer(config.buffer_size, self.n_agents, obs_dim, state_dim, self.n_actions, num_envs)
         self.sample_rng = np.random.default_rng(derive_seed(seed, SAMPLING_STREAM))
         self.agent_ids = torch.eye(self.n_agents, device=device)
+        self.reward_stats = RunningMeanStd()
         self.epsilon = config.epsilon_start
         self.episodes = 0  # finished training episodes
         self._trained_at = 0  # self.episodes at the last gradient step
@@ -203,12 +230,21 @@ class QMIXAgent(Agent):
             return {}
         self._trained_at = self.episodes
         batch = self._tensors(self.buffer.sample(cfg.batch_size, self.sample_rng))
+        if cfg.standardise_rewards:
+            batch["reward"] = self.standardise(batch["reward"], batch["filled"])
         metrics = self._train(batch)
         if self.episodes - self._target_updated_at >= cfg.target_update_interval:
             self._target_updated_at = self.episodes
             self.target_net.load_state_dict(self.net.state_dict())
             self.target_mixer.load_state_dict(self.mixer.state_dict())
         return {**metrics, "epsilon": self.epsilon}
+
+    def standardise(self, rewards: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+        """Fold the batch's real rewards into the running statistics, then (r - mean) / std. On a sparse reward
+        (LBF: one payout of at most 1 per episode) a payout becomes large and every other step slightly negative,
+        which outweighs the upward bias of the max in bootstrapped targets that no termination anchors."""
+        self.reward_stats.update(rewards[filled > 0])
+        return (rewards - self.reward_stats.mean) / max(self.reward_stats.var, 1e-12) ** 0.5
 
     def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         out = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items()}
@@ -266,7 +302,7 @@ class QMIXAgent(Agent):
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "buffer": self.buffer.state_dict(),
             "rng": rng_state(self.rng), "sample_rng": rng_state(self.sample_rng),
-            "acting": self._acting,
+            "acting": self._acting, "reward_stats": self.reward_stats.state_dict(),
             "counters": {"steps": self.steps, "epsilon": self.epsilon, "episodes": self.episodes,
                          "trained_at": self._trained_at, "target_updated_at": self._target_updated_at},
         }
@@ -281,6 +317,7 @@ class QMIXAgent(Agent):
         self.buffer.load_state_dict(to_numpy(state["buffer"]))
         set_rng_state(self.rng, state["rng"])
         set_rng_state(self.sample_rng, state["sample_rng"])
+        self.reward_stats.load_state_dict(state.get("reward_stats", RunningMeanStd().state_dict()))  # older runs
         acting = state["acting"]
         self._acting = {"memory": acting["memory"], "last": acting["last"], "starts": acting["starts"]}
         counters = state["counters"]

@@ -31,6 +31,9 @@ def add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="eval: the last greedy evaluation (eval.csv); eval-mean: the mean of all of "
                         "them (the area under the curve, steadier than one evaluation of a few episodes); train: "
                         "the training episodes' returns over the last 10%% of steps (metrics.csv)")
+    parser.add_argument("--column", default="return", metavar="NAME",
+                        help="what to score and plot: return (default; eval.csv's mean_return, metrics.csv's "
+                        "return) or an env episode metric both files log, e.g. won (SMAX's win rate)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for every CI")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     parser.set_defaults(func=run_compare)
@@ -44,7 +47,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.reps < 100:
         raise GbmrError(f"--reps must be at least 100 for a 95% CI, got {args.reps}")
     start = time.perf_counter()
-    runs = load_runs(args.runs)
+    runs = load_runs(args.runs, args.column)
     report = build_report(runs, args.out, budget=args.budget, metric=args.metric, reps=args.reps,
                           seed=args.seed)
     running = sum(r.in_progress for r in runs)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from gbmr.analysis import plots
-from gbmr.analysis.runs import TRAIN_WINDOW, Run, align, curve, score_at_budget
+from gbmr.analysis.runs import RETURN, TRAIN_WINDOW, Run, align, curve, score_at_budget
 from gbmr.analysis.stats import (
     AGGREGATES,
     aggregate_estimates,
@@ -68,7 +68,7 @@ def validate(runs: list[Run], budget: int | None) -> None:
                             f"(the longest reached {longest:,} steps)")
 
 
-def score_runs(runs: list[Run], budget: int | None, metric: str) -> pd.DataFrame:
+def score_runs(runs: list[Run], budget: int | None, metric: str, column: str = RETURN) -> pd.DataFrame:
     """One row per run with its raw score at the budget and its score normalised per env."""
     frame = pd.DataFrame(
         {
@@ -88,7 +88,7 @@ def score_runs(runs: list[Run], budget: int | None, metric: str) -> pd.DataFrame
     frame["normalised"] = np.nan
     frame["norm_source"] = ""
     for env, rows in frame[frame.score.notna()].groupby("env"):
-        norm = normaliser(env, rows.score.to_numpy())
+        norm = normaliser(env, rows.score.to_numpy(), column)
         frame.loc[rows.index, "normalised"] = norm(rows.score.to_numpy())
         frame.loc[rows.index, "norm_source"] = f"{norm.source}: {_fmt(norm.low)} .. {_fmt(norm.high)}"
     return frame
@@ -151,10 +151,10 @@ def write_tables(table: pd.DataFrame, out: Path, caption: str) -> None:
 
 
 def curve_figures(runs: list[Run], metric: str, budget: int | None, reps: int, rng: np.random.Generator,
-                  colors: dict, out: Path) -> dict[str, Path]:
+                  colors: dict, out: Path, column: str = RETURN) -> dict[str, Path]:
     """Per env: every run's curve interpolated onto one grid of env steps, then mean and CI across seeds."""
     figures = {}
-    ylabel = "training return (moving average)" if metric == "train" else "evaluation return"
+    ylabel = f"training {column} (moving average)" if metric == "train" else f"evaluation {column}"
     for i, env in enumerate(dict.fromkeys(r.env for r in runs)):
         env_runs = [r for r in runs if r.env == env]
         curves = {id(r): curve(r, metric) for r in env_runs}
@@ -224,17 +224,19 @@ def hyperparameter_figures(runs: list[Run], scored: pd.DataFrame, reps: int, rng
     return figures
 
 
-def score_definition(budget: int | None, metric: str, reps: int) -> str:
+def score_definition(budget: int | None, metric: str, reps: int, column: str = RETURN) -> str:
+    of = "" if column == RETURN else f"'s {column}"
     if metric == "eval":
-        what = (f"the last greedy evaluation at or before {budget:,} env steps" if budget is not None
-                else "the final greedy evaluation")
+        what = (f"the last greedy evaluation{of} at or before {budget:,} env steps" if budget is not None
+                else f"the final greedy evaluation{of}")
     elif metric == "eval-mean":
         upto = f" at or before {budget:,} env steps" if budget is not None else ""
-        what = f"the mean of its greedy evaluations{upto} (the area under its evaluation curve)"
+        what = (f"the mean {'' if column == RETURN else f'{column} '}of its greedy evaluations{upto} (the area "
+                "under its evaluation curve)")
     else:
         span = f"the last {TRAIN_WINDOW:.0%} of steps before {budget:,}" if budget is not None else (
             f"the last {TRAIN_WINDOW:.0%} of each run's steps")
-        what = f"the mean return of the training episodes that ended in {span}"
+        what = f"the mean {column} of the training episodes that ended in {span}"
     return (f"Score of a run = {what}. Cells: mean over seeds [95% percentile-bootstrap CI, {reps} "
             f"resamples]; best mean per env in bold. {RUNNING} includes runs still in progress, scored at "
             f"their last logged step; {SHORT} includes runs that ended before the budget, scored at "
@@ -334,17 +336,18 @@ def write_html(out: Path, runs: list[Run], scored: pd.DataFrame, table: pd.DataF
 
 def build_report(runs: list[Run], out: Path, budget: int | None = None, metric: str = "eval",
                  reps: int = 2000, seed: int = 0) -> Report:
-    """Everything `gbmr compare` writes into `out`."""
+    """Everything `gbmr compare` writes into `out`, scoring the column the runs were loaded with."""
     validate(runs, budget)
+    column = runs[0].column
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    scored = score_runs(runs, budget, metric)
+    scored = score_runs(runs, budget, metric, column)
     valid = scored[scored.score.notna()]
     if valid.empty:
         what = "a finished episode (metrics.csv)" if metric == "train" else "an evaluation (eval.csv)"
         raise GbmrError(f"no run has {what} at or before the budget"
                         + ("" if metric == "train" else "; try --metric train"))
-    caption = score_definition(budget, metric, reps)
+    caption = score_definition(budget, metric, reps, column)
     table = score_table(valid, reps, rng)
     write_tables(table, out, caption)
     report = Report(out / "index.html", table, scored)
@@ -367,7 +370,7 @@ def build_report(runs: list[Run], out: Path, budget: int | None = None, metric: 
         if len(report.improvement):
             report.figures["probability of improvement"] = plots.improvement(
                 report.improvement, out / "probability_of_improvement.png")
-    report.figures.update(curve_figures(runs, metric, budget, reps, rng, colors, out))
+    report.figures.update(curve_figures(runs, metric, budget, reps, rng, colors, out, column))
     report.figures.update(hyperparameter_figures(runs, scored, reps, rng, out))
     scored.to_csv(out / "runs.csv", index=False)
     write_html(out, runs, scored, table, report, caption, agg_note)

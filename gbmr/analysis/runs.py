@@ -25,11 +25,13 @@ BOOKKEEPING_KEYS = frozenset(
     {"seed", "env", "algo", "device", "total_steps", "eval_every", "eval_episodes", "checkpoint_every"}
 )
 TRAIN_WINDOW = 0.10  # train metric: mean return of the episodes in the last 10% of steps before the budget
+RETURN = "return"  # the default column: metrics.csv's `return`, eval.csv's `mean_return`
 
 
 @dataclass
 class Run:
-    """One run folder: identity, status and the two logged series as numpy arrays (sorted by step)."""
+    """One run folder: identity, status and the two logged series of one column (the episode return unless
+    another was chosen, e.g. SMAX's `won`) as numpy arrays sorted by step."""
 
     path: Path
     config: dict
@@ -39,9 +41,10 @@ class Run:
     seed: int
     status: str  # "complete", "running", or "unknown" (no status.json)
     train_steps: np.ndarray
-    train_returns: np.ndarray
+    train_values: np.ndarray
     eval_steps: np.ndarray
-    eval_returns: np.ndarray
+    eval_values: np.ndarray
+    column: str = RETURN
     variant: str = ""  # set by assign_variants: "lr=0.001" when runs of the same algo differ in config
     variant_values: dict = field(default_factory=dict)
 
@@ -117,8 +120,24 @@ def _read_series(path: Path, step_col: str, value_col: str) -> tuple[np.ndarray,
     return frame[step_col].to_numpy(np.int64), frame[value_col].to_numpy(np.float64)
 
 
-def load_run(path: Path) -> Run:
-    """Read one run folder; a folder without config.yaml or metrics.csv is not a run."""
+def _header(path: Path) -> list[str]:
+    with path.open() as f:
+        return f.readline().strip().split(",")
+
+
+def run_columns(path: Path) -> set[str]:
+    """The columns a run can be scored by: `return` and every column metrics.csv shares with eval.csv (the
+    env's episode metrics, e.g. `won`); all of metrics.csv's columns when it has no eval.csv."""
+    path = Path(path)
+    columns = set(_header(path / "metrics.csv")) - {"step", "episode"}
+    if (path / "eval.csv").is_file():
+        columns &= set(_header(path / "eval.csv"))
+    return columns | {RETURN}
+
+
+def load_run(path: Path, column: str = RETURN) -> Run:
+    """Read one run folder, its series of `column`; a folder without config.yaml or metrics.csv is not a
+    run."""
     path = Path(path)
     config_file, metrics_file = path / "config.yaml", path / "metrics.csv"
     if not config_file.is_file():
@@ -132,14 +151,14 @@ def load_run(path: Path) -> Run:
     status_file = path / "status.json"
     status = json.loads(status_file.read_text()).get("status", "unknown") if status_file.is_file() else (
         "unknown")
-    train_steps, train_returns = _read_series(metrics_file, "step", "return")
+    train_steps, train_values = _read_series(metrics_file, "step", column)
     eval_file = path / "eval.csv"
     if eval_file.is_file():
-        eval_steps, eval_returns = _read_series(eval_file, "step", "mean_return")
+        eval_steps, eval_values = _read_series(eval_file, "step", "mean_return" if column == RETURN else column)
     else:
-        eval_steps, eval_returns = np.empty(0, np.int64), np.empty(0)
+        eval_steps, eval_values = np.empty(0, np.int64), np.empty(0)
     return Run(path, config, text, str(config["algo"]), str(config["env"]), int(config["seed"]), status,
-               train_steps, train_returns, eval_steps, eval_returns)
+               train_steps, train_values, eval_steps, eval_values, column)
 
 
 def _flatten(config: dict, prefix: str = "") -> dict:
@@ -187,15 +206,23 @@ def assign_variants(runs: list[Run]) -> None:
                                 if k in values and usual.get((run.algo, k)) != repr(values[k]))
 
 
-def load_runs(patterns: Sequence[str]) -> list[Run]:
-    """Find, load and label every run the user named."""
-    runs = [load_run(p) for p in find_run_dirs(patterns)]
+def load_runs(patterns: Sequence[str], column: str = RETURN) -> list[Run]:
+    """Find, load and label every run the user named, reading `column` (which every run must have)."""
+    paths = find_run_dirs(patterns)
+    if column != RETURN:
+        have = {p: run_columns(p) for p in paths if (p / "metrics.csv").is_file()}
+        lacking = [p for p, columns in have.items() if column not in columns]
+        if lacking:
+            shared = sorted(set.intersection(*have.values()))
+            raise GbmrError(f"{len(lacking)} of the {len(have)} runs (e.g. {lacking[0]}) have no column "
+                            f"'{column}'; the columns all runs have: {', '.join(shared)}")
+    runs = [load_run(p, column) for p in paths]
     assign_variants(runs)
     return runs
 
 
 def score_at_budget(run: Run, budget: int | None, metric: str) -> float:
-    """The run's return at the budget (its end if no budget or it stopped short); NaN if nothing is logged.
+    """The run's value (return) at the budget (its end if no budget or it stopped short); NaN if none logged.
 
     eval: the last greedy evaluation at or before the budget. eval-mean: the mean of the evaluations at or
     before it. train: the mean return of the episodes that ended in the last 10% of steps before the budget
@@ -206,22 +233,22 @@ def score_at_budget(run: Run, budget: int | None, metric: str) -> float:
         i = np.searchsorted(run.eval_steps, end, side="right")
         if i == 0:
             return float("nan")
-        return float(run.eval_returns[i - 1] if metric == "eval" else run.eval_returns[:i].mean())
+        return float(run.eval_values[i - 1] if metric == "eval" else run.eval_values[:i].mean())
     stop = np.searchsorted(run.train_steps, end, side="right")
     if stop == 0:
         return float("nan")
     start = np.searchsorted(run.train_steps, end - TRAIN_WINDOW * end, side="right")
-    return float(run.train_returns[min(start, stop - 1):stop].mean())
+    return float(run.train_values[min(start, stop - 1):stop].mean())
 
 
 def curve(run: Run, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """The run's learning curve: evaluations as logged (both eval metrics), or training returns under a
     trailing moving average over 1% of its episodes (raw episode returns are too noisy to read)."""
     if metric != "train":
-        return run.eval_steps, run.eval_returns
-    n = len(run.train_returns)
+        return run.eval_steps, run.eval_values
+    n = len(run.train_values)
     window = max(1, n // 100)
-    sums = np.cumsum(np.concatenate([[0.0], run.train_returns]))
+    sums = np.cumsum(np.concatenate([[0.0], run.train_values]))
     lo = np.maximum(np.arange(1, n + 1) - window, 0)
     return run.train_steps, (sums[1:] - sums[lo]) / (np.arange(1, n + 1) - lo)
 

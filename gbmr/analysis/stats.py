@@ -28,6 +28,8 @@ MIN_MAX = {
     "Acrobot-v1": (-500.0, 0.0),
     "MountainCar-v0": (-200.0, 0.0),
 }
+# Stated ranges of env episode metrics a run can be scored by instead of its return (`gbmr compare --column`).
+COLUMN_RANGES = {"won": (0.0, 1.0)}
 
 
 @cache
@@ -57,8 +59,13 @@ class Normaliser:
         return (np.asarray(scores, float) - self.low) / max(self.high - self.low, 1e-12)
 
 
-def normaliser(env_id: str, observed: np.ndarray) -> Normaliser:
-    """Atari: random=0, human=1. Known envs: their stated return range. Others: min-max of observed scores."""
+def normaliser(env_id: str, observed: np.ndarray, column: str = "return") -> Normaliser:
+    """Returns: Atari random=0, human=1; known envs their stated range. Other columns: their stated range
+    (a win rate 0..1). Anything else: min-max of the observed scores."""
+    if column != "return":
+        if column in COLUMN_RANGES:
+            return Normaliser(*COLUMN_RANGES[column], f"stated range of {column}")
+        return _observed(observed)
     game = atari_game(env_id)
     if game is not None:
         ref = atari_reference().loc[game]
@@ -66,6 +73,10 @@ def normaliser(env_id: str, observed: np.ndarray) -> Normaliser:
     if env_id in MIN_MAX:
         low, high = MIN_MAX[env_id]
         return Normaliser(low, high, "stated return range")
+    return _observed(observed)
+
+
+def _observed(observed: np.ndarray) -> Normaliser:
     observed = np.asarray(observed, float)
     return Normaliser(float(np.nanmin(observed)), float(np.nanmax(observed)),
                       "observed min/max over these runs")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +15,12 @@ def write_run(
     path: Path, algo: str, env: str, seed: int, steps: Sequence[int], returns: Sequence[float],
     eval_steps: Sequence[int] = (), eval_returns: Sequence[float] = (), status: str = "complete",
     total_steps: int | None = None, agent: dict | None = None,
+    episode_metrics: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ) -> Path:
-    """One run folder: config.yaml, metrics.csv (training episodes), eval.csv and status.json."""
+    """One run folder: config.yaml, metrics.csv (training episodes), eval.csv and status.json.
+
+    `episode_metrics` maps an env episode metric (e.g. SMAX's `won`) to its (per training episode, per
+    evaluation) values, written as a column of both files as the runner does."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     last = int(max([*steps, *eval_steps, 0]))
@@ -26,12 +30,15 @@ def write_run(
               "env_options": {}, "agent": agent or {"lr": 0.0001, "gamma": 0.99}}
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     n = len(steps)
+    extra = episode_metrics or {}
     pd.DataFrame({"step": np.asarray(steps, np.int64), "episode": np.arange(1, n + 1), "return": returns,
-                  "length": np.diff(np.asarray(steps), prepend=0), "loss": np.nan}).to_csv(
+                  "length": np.diff(np.asarray(steps), prepend=0),
+                  **{name: train for name, (train, _) in extra.items()}, "loss": np.nan}).to_csv(
         path / "metrics.csv", index=False)
     ev = np.asarray(eval_returns, float)
     pd.DataFrame({"step": np.asarray(eval_steps, np.int64), "mean_return": ev, "std_return": 0.0,
-                  "min_return": ev, "max_return": ev, "episodes": 10}).to_csv(path / "eval.csv", index=False)
+                  "min_return": ev, "max_return": ev, "episodes": 10,
+                  **{name: evals for name, (_, evals) in extra.items()}}).to_csv(path / "eval.csv", index=False)
     (path / "status.json").write_text(json.dumps({"status": status, "step": last, "total_steps": total}))
     return path
 

@@ -11,7 +11,7 @@ import gymnasium as gym
 
 from gbmr.envs.multiagent import PettingZooAdapter
 
-SCENARIOS = {  # id -> mpe2 module (cooperative scenarios: every agent earns the team reward)
+SCENARIOS = {  # id -> mpe2 module (cooperative scenarios; the team reward is the sum of the agents' rewards)
     "MPE/simple_spread-v3": "simple_spread_v3",
     "MPE/simple_reference-v3": "simple_reference_v3",
     "MPE/simple_speaker_listener-v4": "simple_speaker_listener_v4",

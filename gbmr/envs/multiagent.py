@@ -9,8 +9,11 @@ serve it unchanged:
 - ``avail_actions``    ``[n_agents, n_actions]`` int8, 1 where the action is allowed now
 - ``agent_terminated`` ``[n_agents]`` int8, 1 once that agent is done (dead or finished) within the episode
 
-The action is a MultiDiscrete ``[n_actions] * n_agents`` (one action per agent) and the reward is the team
-reward, the sum of the agents' rewards (EPyMARL's ``common_reward`` with ``reward_scalarisation: sum``).
+The action is a MultiDiscrete ``[n_actions] * n_agents`` (one action per agent) and the reward is one team reward
+per step, as each family defines it: PettingZoo envs (MPE) and LBF, whose agents earn rewards of their own, give
+the sum of the agents' rewards (EPyMARL's ``common_reward`` with ``reward_scalarisation: sum``; simple_spread's
+agents each get the shared coverage term plus half their own collision penalty, ``local_ratio`` 0.5); SMAX gives
+every ally the same shared reward, and the team reward is that one value, not its sum over the allies.
 An agent whose episode ended gets zero observations and only action 0 (no-op) available.
 """
 
@@ -125,8 +128,13 @@ class PettingZooAdapter(gym.Env):
 class LBFAdapter(gym.Env):
     """Level-Based Foraging (lbforaging 2.x, a Gymnasium env with Tuple spaces) as the Dict interface.
 
-    Available actions are LBF's valid moves (no walking into walls or food, LOAD only next to food). The state is
-    the agents' observations side by side (as EPyMARL builds it for LBF). LBF reports its time limit as ``done``;
+    Available actions are LBF's valid moves (no walking into walls or food, LOAD only next to food). Observations
+    are LBF's (row, col, level) triples of food and players divided by their largest possible values (the
+    observation space's ``high``), so they lie in [0, 1], an absent entity keeping LBF's (-1, -1, 0): raw
+    coordinates up to 7 on 8x8 made the untrained mixer's Q_tot ~15 against returns of at most 1, and with
+    nothing terminating most episodes the bootstrapped targets kept that scale while the first rare rewards
+    were lost in it (tests/test_multiagent.py). The state is the agents' observations side by side (as EPyMARL
+    builds it for LBF). LBF reports its time limit as ``done``;
     here an episode that ends with food left is a truncation, so the learner bootstraps past it. Players' old
     positions are cleared before a reset (see ``reset``).
     """
@@ -139,11 +147,13 @@ class LBFAdapter(gym.Env):
         n = self.base.n_agents
         self.n_actions = int(env.action_space[0].n)
         self.obs_dim = int(env.observation_space[0].shape[0])
+        self._obs_high = np.maximum(env.observation_space[0].high, 1).astype(np.float32)
         self.observation_space, self.action_space = multi_agent_spaces(n, self.obs_dim, n * self.obs_dim,
                                                                        self.n_actions)
 
     def _observation(self, obs: tuple, done: bool) -> dict[str, np.ndarray]:
-        agent_obs = np.stack(obs).astype(np.float32)
+        raw = np.stack(obs).astype(np.float32)
+        agent_obs = np.where(raw < 0, raw, raw / self._obs_high)
         n = len(agent_obs)
         avail = np.zeros((n, self.n_actions), dtype=np.int8)
         for i, player in enumerate(self.base.players):
