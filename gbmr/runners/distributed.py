@@ -286,7 +286,7 @@ class DistributedRunner(SyncRunner):
             if self.on_policy:
                 self._take_slice(result, stale)
             else:
-                self._learn_transitions([result], self.batch_steps, observe=not stale, envs=self.per_actor)
+                self._learn_transitions([result], self.batch_steps, observe=not stale, sliced=True)
 
     def _act_centrally(self) -> None:
         """Central inference (SEED RL): the learner's agent acts on all actors' observations in one batch, the
@@ -361,18 +361,19 @@ class DistributedRunner(SyncRunner):
             self.slices = 0
 
     def _learn_transitions(self, results: list[dict[str, Any]], steps: int, observe: bool = True,
-                           envs: int | None = None) -> None:
-        """Off-policy: observe the actors' transitions (sync: all ``num_envs``, async: one actor's ``envs``) a
-        vector step at a time, each followed by an update, as one process does (``observe=False``: only count
-        the steps and episodes)."""
-        n, base = envs or self.config.num_envs, self.step
+                           sliced: bool = False) -> None:
+        """Off-policy: observe the actors' transitions (sync: all ``num_envs``; ``sliced``: one actor's, which
+        the agent adds as those envs' own steps) a vector step at a time, each followed by an update, as one
+        process does (``observe=False``: only count the steps and episodes)."""
+        n, base = self.per_actor if sliced else self.config.num_envs, self.step
         batches = [result["batch"] for result in results]
+        envs = {"envs": results[0]["env_ids"]} if sliced else {}
         finished = sorted((f for result in results for f in result["finished"]), key=lambda f: f[:2])
         for t in range(steps):
             if observe:
                 row = [np.concatenate([b[name][t] for b in batches]) for name in
                        ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")]
-                self.agent.observe(*row)
+                self.agent.observe(*row, **envs)
                 self._accumulate(self.agent.update())
             self.step = base + (t + 1) * n
             for _, _, ret, length, extra in (f for f in finished if f[0] == t):
