@@ -8,7 +8,8 @@ version. What an actor sends depends on the agent (``Agent.distributed``):
   which the learner joins into the [T, N] rollout it learns from;
 - off-policy (DQN and its kin): its [T, M] transitions, which the learner observes a vector step at a time, with
   an update after each as in one process (sync: all actors' slices joined into N-env steps; async: one actor's
-  M-env slice at a time, for agents whose replay takes any rows, see ``Agent.async_problem``).
+  M-env slice at a time, observed as those envs' own steps, for agents that take slices, see
+  ``Agent.async_problem``).
 - central (the episodic-memory agents NEC, MFEC, GQ, GBMR, whose acting reads a large memory that changes every
   step): nothing but the envs; each vector step the learner acts on all actors' observations in one batch, sends
   each its actions and observes the joined step (central inference, SEED RL), so the memory never leaves the
@@ -21,8 +22,9 @@ on-policy agent, whose env i samples from its own stream wherever it lives, the 
 collected (``lag``), drops batches more than ``max_lag`` behind and learns from the rest: PPO's ratio against
 the stored behaviour log-probabilities, clipped, is the truncated importance weight, or (``correction=vtrace``)
 V-trace's truncated ratios correct its advantages and value targets; an off-policy learner needs none.
-Off-policy agents run async when their replay takes slices (DQN with one-step returns of whole observations;
-its n-step windows follow every env at each vector step).
+Off-policy agents run async when they take slices: DQN's replay keeps each env's n-step window and shared
+frames on its own, so slices in any interleaving store what one process stores (GBMR-DQN's replay-slot to
+graph-node map still needs whole vector steps).
 
 Faults: an actor that dies is replaced by a new one started from its state after the last batch the learner
 accepted, so no transition is counted twice and the step counter stays right. The learner checkpoints at batch
