@@ -147,6 +147,34 @@ def test_memory_agents_act_centrally_as_one_process(tmp_path, algo, options):
     assert RunDir(split).load_checkpoint()["runner"]["step"] == 600
 
 
+def test_a_killed_actor_is_rebuilt_in_place_for_central_inference(tmp_path, monkeypatch):
+    """NEC: SIGKILL actor 0 before the first checkpoint (its replacement replays every action from the start)
+    and actor 1 after it (replays from the checkpoint's state): the run goes on and equals one process."""
+    from gbmr.runners.distributed import DistributedRunner
+
+    args = ["--algo", "nec", "--env", "CartPole-v1", "--seed", "3", "--num-envs", "4", "--total-steps", "600",
+            "--no-progress", "--set", "eval_every=400", "--set", "eval_episodes=2", "--set", "checkpoint_every=200"]
+    single, hit = tmp_path / "single", tmp_path / "hit"
+    train(*args, "--run-dir", str(single))
+    original = DistributedRunner._act_centrally
+    calls = {"n": 0, "restarts": 0}
+
+    def step_then_kill(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] in (30, 80):  # steps 120 and 320
+            os.kill(self.ray.get(self.actors[calls["n"] // 80].pid.remote()), signal.SIGKILL)
+        calls["restarts"] = self.restarts
+
+    monkeypatch.setattr(DistributedRunner, "_act_centrally", step_then_kill)
+    train(*args, "--actors", "2", "--run-dir", str(hit))
+    assert calls["restarts"] == 2
+    assert episodes(hit) == episodes(single) and len(episodes(single)) > 5
+    for name in ("learner.csv", "eval.csv"):
+        assert read_rows(hit / name) == read_rows(single / name), name
+    assert RunDir(hit).load_checkpoint()["runner"]["step"] == 600
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--algo", "ppo-transformer", "--num-envs", "2", "--actors", "2"], "does not run with --actors"),
     (["--algo", "ppo", "--num-envs", "3", "--actors", "2"], "must be a multiple of --actors"),

@@ -13,7 +13,9 @@ version. What an actor sends depends on the agent (``Agent.distributed``):
 - central (the episodic-memory agents NEC, MFEC, GQ, GBMR, whose acting reads a large memory that changes every
   step): nothing but the envs; each vector step the learner acts on all actors' observations in one batch, sends
   each its actions and observes the joined step (central inference, SEED RL), so the memory never leaves the
-  learner and the run is the single-process run. Sync only; an actor that dies stops the run (``--resume``).
+  learner and the run is the single-process run. Sync only; an actor that dies is rebuilt in place: a
+  replacement started from its state at the last checkpoint (or the run's start) replays the actions sent to it
+  since (the learner keeps them), so its envs are where they were and the run equals the uninterrupted one.
 
 ``sync`` mode collects every batch with the latest weights (versions advance by exactly one per batch): for an
 on-policy agent, whose env i samples from its own stream wherever it lives, the run is the single-process run
@@ -141,6 +143,13 @@ class RolloutActor:
         finished = [(0, int(self.env_ids[i]), ret, length, extra) for i, ret, length, extra in step.finished]
         return {"step": tuple(step[:6]), "finished": finished, "obs": self.collector.obs}
 
+    def replay(self, actions: list[np.ndarray]) -> None:
+        """Central inference, a replacement: step the envs again with the actions its predecessor took since
+        the state it was started from; envs are deterministic given seeds and actions, so they end where the
+        dead actor's were."""
+        for step_actions in actions:
+            self.collector.step(step_actions)
+
     def pid(self) -> int:
         import os
 
@@ -203,6 +212,7 @@ class DistributedRunner(SyncRunner):
         self.actors: list[Any] = []
         self.pending: dict[Any, int] = {}  # async: the batch in flight per actor -> actor index
         self.slices = 0  # async: actor slices joined into the learner's rollout so far
+        self.sent: list[list[np.ndarray]] = [[] for _ in range(config.actors)]  # central: actions since the state
         self.restarts = 0
         self.distributed_rows = 0
         self.ray: Any = None
@@ -297,18 +307,30 @@ class DistributedRunner(SyncRunner):
         learner; no weights travel, so distributed.csv stays empty (every action is from the latest policy)."""
         m = self.per_actor
         actions = self.agent.act(self.obs, explore=True)
-        refs = [actor.step.remote(actions[k * m:(k + 1) * m]) for k, actor in enumerate(self.actors)]
-        try:
-            results = self.ray.get(refs)
-        except self.ray.exceptions.RayActorError:  # a replacement cannot rewind the other actors' envs
-            raise GbmrError(f"an actor died while stepping for {self.config.algo} (central inference); "
-                            "continue the run from its last checkpoint with --resume") from None
+        parts = [actions[k * m:(k + 1) * m] for k in range(self.config.actors)]
+        refs = [actor.step.remote(part) for actor, part in zip(self.actors, parts, strict=True)]
+        results = [self._central_step(k, ref, part) for k, (ref, part) in enumerate(zip(refs, parts, strict=True))]
         self.agent.observe(*(_join([r["step"][i] for r in results]) for i in range(6)))
         self._accumulate(self.agent.update())
         self.step += self.config.num_envs
         self.obs = _join([r["obs"] for r in results])
         for _, _, ret, length, extra in (f for r in results for f in r["finished"]):
             self._end_episode(ret, length, self.metrics, extra)
+
+    def _central_step(self, k: int, ref: Any, actions: np.ndarray) -> dict[str, Any]:
+        """Actor k's vector step; if it died, a replacement started from its last saved state replays the
+        actions sent since then and takes this step: its envs are where they were, the run goes on unchanged."""
+        for _ in range(3):
+            try:
+                result = self.ray.get(ref)
+                self.sent[k].append(actions)
+                return result
+            except self.ray.exceptions.RayActorError:
+                self.restarts += 1
+                self.actors[k] = self._spawn(k)
+                self.actors[k].replay.remote(self.sent[k])  # an actor runs its calls in order
+                ref = self.actors[k].step.remote(actions)
+        raise GbmrError(f"actor {k} died three times in a row; giving up")
 
     def _log_batches(self, results: list[tuple[int, dict[str, Any]]], dropped: bool) -> None:
         for k, result in results:
@@ -385,8 +407,9 @@ class DistributedRunner(SyncRunner):
 
     # ------------------------------------------------------------------ checkpoints
     def _collection_state(self) -> dict[str, Any]:
-        if self.central:  # the actors' envs as of this vector step
+        if self.central:  # the actors' envs as of this vector step; a replacement replays from here
             self.actor_states = self.ray.get([actor.state.remote() for actor in self.actors])
+            self.sent = [[] for _ in self.actors]
         return {"actor_states": self.actor_states, "version": self.version, "slices": self.slices,
                 "restarts": self.restarts, "distributed_rows": self.distributed_rows}
 
