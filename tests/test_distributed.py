@@ -95,19 +95,26 @@ def test_a_killed_actor_is_replaced_and_the_run_is_unchanged(tmp_path, monkeypat
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_dqn_runs_distributed(tmp_path, mode):
-    """Async, the learner observes one actor's slice of the envs at a time (one-step replay takes any rows)."""
+    """Async, the learner observes one actor's slice of the envs at a time. The budget, 1010, is no multiple of
+    a batch (50 vector steps): the last batch taken counts and observes only its first 10 steps (async) or is
+    asked for 5 (sync: 2 envs a step), so the run stops at 1010 steps exactly."""
     run = tmp_path / "run"
-    train("--algo", "dqn", "--env", "CartPole-v1", "--total-steps", "1000", "--num-envs", "2", "--actors", "2",
+    train("--algo", "dqn", "--env", "CartPole-v1", "--total-steps", "1010", "--num-envs", "2", "--actors", "2",
           "--mode", mode, "--no-progress", "--set", "learning_starts=200", "--set", "actor_steps=50",
           "--set", "n_step=1", "--set", "eval_every=500", "--set", "eval_episodes=2", "--run-dir", str(run))
     learner = read_rows(run / "learner.csv")
     checkpoint = RunDir(run).load_checkpoint()
-    assert len(learner) > 1 and checkpoint["runner"]["step"] == 1000
+    assert len(learner) > 1 and checkpoint["runner"]["step"] == 1010
     assert np.isfinite(float(learner[-1][2]))
     rows = distributed_rows(run)
-    observed = sum(50 for r in rows if not r["dropped"])  # each batch: 50 vector steps of one env
-    assert checkpoint["agent"]["counters"]["steps"] == observed and len(rows) == 1000 // 50
-    assert [int(r[1]) for r in read_rows(run / "metrics.csv")[1:]] == list(range(1, len(episodes(run)) + 1))
+    if mode == "sync":
+        observed = 1010
+    else:  # each batch: 50 vector steps of one env, the last one cut to 10
+        observed = sum(50 for r in rows if not r["dropped"]) - (0 if rows[-1]["dropped"] else 40)
+    assert checkpoint["agent"]["counters"]["steps"] == observed and len(rows) == 2 * 10 + (2 if mode == "sync" else 1)
+    metrics = read_rows(run / "metrics.csv")[1:]
+    assert [int(r[1]) for r in metrics] == list(range(1, len(metrics) + 1))
+    assert max(int(r[0]) for r in metrics) <= 1010
 
 
 def test_dqn_async_with_n_step_returns_and_frame_stacks(tmp_path):

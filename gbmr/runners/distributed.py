@@ -24,6 +24,8 @@ on-policy agent, whose env i samples from its own stream wherever it lives, the 
 collected (``lag``), drops batches more than ``max_lag`` behind and learns from the rest: PPO's ratio against
 the stored behaviour log-probabilities, clipped, is the truncated importance weight, or (``correction=vtrace``)
 V-trace's truncated ratios correct its advantages and value targets; an off-policy learner needs none.
+The budget is exact as in one process: the batch that reaches ``total_steps`` counts (and learns from) only its
+vector steps up to it; an on-policy slice cut so is not learnt from, as a cut rollout in one process.
 Off-policy agents run async when they take slices: DQN's replay keeps each env's n-step window and shared
 frames on its own, so slices in any interleaving store what one process stores (GBMR-DQN's replay-slot to
 graph-node map still needs whole vector steps).
@@ -295,10 +297,12 @@ class DistributedRunner(SyncRunner):
             self._launch(k)
             stale = self.version - result["version"] > self.config.max_lag
             self._log_batches([(k, result)], dropped=stale)
+            m = self.per_actor  # the budget's last batch counts only the vector steps up to it, as one process
+            steps = min(self.batch_steps, -(-(self.config.total_steps - self.step) // m))
             if self.on_policy:
-                self._take_slice(result, stale)
+                self._take_slice(result, stale, steps)
             else:
-                self._learn_transitions([result], self.batch_steps, observe=not stale, sliced=True)
+                self._learn_transitions([result], steps, observe=not stale, sliced=True)
 
     def _act_centrally(self) -> None:
         """Central inference (SEED RL): the learner's agent acts on all actors' observations in one batch, the
@@ -367,13 +371,14 @@ class DistributedRunner(SyncRunner):
             storage.data[name][:, columns] = value.to(storage.data[name].device)
         storage.last_values[columns] = result["batch"]["last_values"].to(storage.last_values.device)
 
-    def _take_slice(self, result: dict[str, Any], stale: bool) -> None:
-        """Async, on-policy: the batch's env steps and episodes count; unless stale, its slice joins the
-        learner's rollout, which is learnt from once all N envs' worth of slices are in."""
+    def _take_slice(self, result: dict[str, Any], stale: bool, steps: int) -> None:
+        """Async, on-policy: the batch's first ``steps`` env steps and their episodes count; unless stale or cut
+        by the budget, its slice joins the learner's rollout, which is learnt from once all N envs' worth of
+        slices are in."""
         base, m = self.step, self.per_actor
-        self._end_episodes(result["finished"], base, m)
-        self.step = base + self.batch_steps * m
-        if stale:
+        self._end_episodes([f for f in result["finished"] if f[0] < steps], base, m)
+        self.step = base + steps * m
+        if stale or steps < self.batch_steps:
             return
         self._fill(self.slices, result)
         self.slices += 1
