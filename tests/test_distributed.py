@@ -139,7 +139,8 @@ def test_dqn_async_with_n_step_returns_and_frame_stacks(tmp_path):
     assert np.isfinite(float(read_rows(run / "learner.csv")[-1][2]))
 
 
-@pytest.mark.parametrize(("algo", "options"), [("nec", []), ("gq", ["--set", "learning_starts=100"])])
+@pytest.mark.parametrize(("algo", "options"), [("nec", []), ("gq", ["--set", "learning_starts=100"]),
+                                               ("mfec", []), ("gbmr", [])])
 def test_memory_agents_act_centrally_as_one_process(tmp_path, algo, options):
     """Central inference: the learner's agent acts for both actors' envs each vector step, so 2 actors x 2 envs
     are 1 process x 4 envs: the same episodes, learner metrics and evaluations (at the same steps)."""
