@@ -95,22 +95,52 @@ def test_a_killed_actor_is_replaced_and_the_run_is_unchanged(tmp_path, monkeypat
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_dqn_runs_distributed(tmp_path, mode):
-    """Async, the learner observes one actor's slice of the envs at a time (one-step replay takes any rows)."""
+    """Async, the learner observes one actor's slice of the envs at a time. The budget, 1010, is no multiple of
+    a batch (50 vector steps): the last batch taken counts and observes only its first 10 steps (async) or is
+    asked for 5 (sync: 2 envs a step), so the run stops at 1010 steps exactly."""
     run = tmp_path / "run"
-    train("--algo", "dqn", "--env", "CartPole-v1", "--total-steps", "1000", "--num-envs", "2", "--actors", "2",
+    train("--algo", "dqn", "--env", "CartPole-v1", "--total-steps", "1010", "--num-envs", "2", "--actors", "2",
           "--mode", mode, "--no-progress", "--set", "learning_starts=200", "--set", "actor_steps=50",
           "--set", "n_step=1", "--set", "eval_every=500", "--set", "eval_episodes=2", "--run-dir", str(run))
     learner = read_rows(run / "learner.csv")
     checkpoint = RunDir(run).load_checkpoint()
-    assert len(learner) > 1 and checkpoint["runner"]["step"] == 1000
+    assert len(learner) > 1 and checkpoint["runner"]["step"] == 1010
     assert np.isfinite(float(learner[-1][2]))
     rows = distributed_rows(run)
-    observed = sum(50 for r in rows if not r["dropped"])  # each batch: 50 vector steps of one env
-    assert checkpoint["agent"]["counters"]["steps"] == observed and len(rows) == 1000 // 50
-    assert [int(r[1]) for r in read_rows(run / "metrics.csv")[1:]] == list(range(1, len(episodes(run)) + 1))
+    if mode == "sync":
+        observed = 1010
+    else:  # each batch: 50 vector steps of one env, the last one cut to 10
+        observed = sum(50 for r in rows if not r["dropped"]) - (0 if rows[-1]["dropped"] else 40)
+    assert checkpoint["agent"]["counters"]["steps"] == observed and len(rows) == 2 * 10 + (2 if mode == "sync" else 1)
+    metrics = read_rows(run / "metrics.csv")[1:]
+    assert [int(r[1]) for r in metrics] == list(range(1, len(metrics) + 1))
+    assert max(int(r[0]) for r in metrics) <= 1010
 
 
-@pytest.mark.parametrize(("algo", "options"), [("nec", []), ("gq", ["--set", "learning_starts=100"])])
+def test_dqn_async_with_n_step_returns_and_frame_stacks(tmp_path):
+    """Async slices arrive in any interleaving; the replay keeps each env's n-step window and frames, so every
+    step each actor sent is observed once and, no Pong episode ending within 400 steps, every env's window still
+    holds its last n-1 = 2 steps: all the others are stored (tests/test_replay*.py check the stored values)."""
+    run = tmp_path / "run"
+    train("--algo", "dqn", "--env", "ALE/Pong-v5", "--total-steps", "400", "--num-envs", "2", "--actors", "2",
+          "--mode", "async", "--no-progress", "--set", "learning_starts=100", "--set", "actor_steps=20",
+          "--set", "n_step=3", "--set", "frame_stack=4", "--set", "buffer_size=1000", "--set", "torso=mlp",
+          "--set", "hidden=[32]", "--set", "env_options.screen_size=16", "--set", "eval_episodes=0",
+          "--run-dir", str(run))
+    checkpoint = RunDir(run).load_checkpoint()
+    rows = distributed_rows(run)
+    per_env = [sum(20 for r in rows if r["actor"] == k and not r["dropped"]) for k in (0, 1)]  # 1 env an actor
+    agent, pending = checkpoint["agent"], [min(2, steps) for steps in per_env]
+    assert checkpoint["runner"]["step"] == 400 and len(rows) == 400 // 20
+    assert agent["counters"]["steps"] == sum(per_env)
+    assert agent["buffer"]["win_count"].tolist() == pending
+    assert int(agent["buffer"]["size"]) == sum(per_env) - sum(pending)
+    assert len(agent["buffer"]["store"]["frames"]) < 2 * sum(per_env)  # frames shared: ~1 per step, not 8
+    assert np.isfinite(float(read_rows(run / "learner.csv")[-1][2]))
+
+
+@pytest.mark.parametrize(("algo", "options"), [("nec", []), ("gq", ["--set", "learning_starts=100"]),
+                                               ("mfec", []), ("gbmr", [])])
 def test_memory_agents_act_centrally_as_one_process(tmp_path, algo, options):
     """Central inference: the learner's agent acts for both actors' envs each vector step, so 2 actors x 2 envs
     are 1 process x 4 envs: the same episodes, learner metrics and evaluations (at the same steps)."""
@@ -125,10 +155,38 @@ def test_memory_agents_act_centrally_as_one_process(tmp_path, algo, options):
     assert RunDir(split).load_checkpoint()["runner"]["step"] == 600
 
 
+def test_a_killed_actor_is_rebuilt_in_place_for_central_inference(tmp_path, monkeypatch):
+    """NEC: SIGKILL actor 0 before the first checkpoint (its replacement replays every action from the start)
+    and actor 1 after it (replays from the checkpoint's state): the run goes on and equals one process."""
+    from gbmr.runners.distributed import DistributedRunner
+
+    args = ["--algo", "nec", "--env", "CartPole-v1", "--seed", "3", "--num-envs", "4", "--total-steps", "600",
+            "--no-progress", "--set", "eval_every=400", "--set", "eval_episodes=2", "--set", "checkpoint_every=200"]
+    single, hit = tmp_path / "single", tmp_path / "hit"
+    train(*args, "--run-dir", str(single))
+    original = DistributedRunner._act_centrally
+    calls = {"n": 0, "restarts": 0}
+
+    def step_then_kill(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] in (30, 80):  # steps 120 and 320
+            os.kill(self.ray.get(self.actors[calls["n"] // 80].pid.remote()), signal.SIGKILL)
+        calls["restarts"] = self.restarts
+
+    monkeypatch.setattr(DistributedRunner, "_act_centrally", step_then_kill)
+    train(*args, "--actors", "2", "--run-dir", str(hit))
+    assert calls["restarts"] == 2
+    assert episodes(hit) == episodes(single) and len(episodes(single)) > 5
+    for name in ("learner.csv", "eval.csv"):
+        assert read_rows(hit / name) == read_rows(single / name), name
+    assert RunDir(hit).load_checkpoint()["runner"]["step"] == 600
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--algo", "ppo-transformer", "--num-envs", "2", "--actors", "2"], "does not run with --actors"),
     (["--algo", "ppo", "--num-envs", "3", "--actors", "2"], "must be a multiple of --actors"),
-    (["--algo", "dqn", "--num-envs", "2", "--actors", "2", "--mode", "async", "--set", "n_step=3"], "set n_step=1"),
+    (["--algo", "gbmr-dqn", "--num-envs", "2", "--actors", "2", "--mode", "async"], "replay-slot to graph-node"),
     (["--algo", "ppo", "--num-envs", "2", "--actors", "2", "--mode", "fast"], "mode"),
     (["--algo", "nec", "--num-envs", "2", "--actors", "2", "--mode", "async"], "memory is learner-side"),
 ])

@@ -25,8 +25,9 @@ def stored(buf: ReplayBuffer) -> dict[str, np.ndarray]:
     }
 
 
-def step(buf, obs, rewards, next_obs, terminated=None, truncated=None):
-    """Add a step whose observations are scalar labels and whose actions repeat the labels."""
+def step(buf, obs, rewards, next_obs, terminated=None, truncated=None, envs=None):
+    """Add a step whose observations are scalar labels and whose actions repeat the labels (``envs``: only these
+    environments stepped)."""
     obs = np.asarray(obs, dtype=np.float32)
     none = np.zeros(len(obs), dtype=bool)
     buf.add(
@@ -36,7 +37,21 @@ def step(buf, obs, rewards, next_obs, terminated=None, truncated=None):
         np.asarray(next_obs, dtype=np.float32)[:, None],
         none if terminated is None else np.asarray(terminated),
         none if truncated is None else np.asarray(truncated),
+        envs,
     )
+
+
+def interleaved(steps: list[tuple], slices: list[np.ndarray], lag: int, seed: int):
+    """The vector steps cut into the envs' ``slices``, each slice's steps in order but the slices interleaved at
+    random in runs of up to ``lag`` steps, at most ``lag`` apart (as async actors' batches reach the learner):
+    (envs, sliced step) pairs."""
+    rng, done, out = np.random.default_rng(seed), [0] * len(slices), []
+    while min(done) < len(steps):
+        k = rng.choice([k for k in range(len(slices)) if done[k] < len(steps) and done[k] - min(done) < lag])
+        for _ in range(min(int(rng.integers(1, lag + 1)), len(steps) - done[k], min(done) + lag - done[k])):
+            out.append((slices[k], tuple(np.asarray(column)[slices[k]] for column in steps[done[k]])))
+            done[k] += 1
+    return out
 
 
 # --- n-step returns ---
@@ -96,6 +111,48 @@ def test_three_step_returns_two_interleaved_envs(capacity):
     np.testing.assert_array_equal(got["next_obs"], next_obs)
     np.testing.assert_allclose(got["discounts"], discounts)
     assert buf.win_count.tolist() == [2, 1]  # env 0 holds steps 3, 4; env 1 holds step 4
+
+
+def test_slices_added_on_their_own_keep_each_envs_windows():
+    """The two envs above as async slices: env 1's five steps arrive before env 0's. Each env's windows are its
+    own, so the same n-step transitions are stored, each slice's as it is added."""
+    buf = ReplayBuffer(16, (1,), np.float32, num_envs=2, n_step=3, gamma=0.5)
+    rewards = [[1, 10], [2, 20], [3, 30], [4, 40], [5, 50]]
+    terminated = [[0, 0], [1, 0], [0, 0], [0, 0], [0, 0]]
+    truncated = [[0, 0], [0, 0], [0, 0], [0, 1], [0, 0]]
+    for env in (1, 0):
+        for s in range(5):
+            step(buf, [100 * env + s], [rewards[s][env]], [100 * env + s + 1], np.array([terminated[s][env]], bool),
+                 np.array([truncated[s][env]], bool), envs=np.array([env]))
+    got = stored(buf)
+    np.testing.assert_array_equal(got["obs"], [100, 101, 102, 103, 0, 1, 2])
+    np.testing.assert_allclose(got["returns"], [27.5, 45.0, 50.0, 40.0, 2.0, 2.0, 6.25])
+    np.testing.assert_array_equal(got["next_obs"], [103, 104, 104, 104, 2, 2, 5])
+    np.testing.assert_allclose(got["discounts"], [0.125, 0.125, 0.25, 0.5, 0.0, 0.0, 0.125])
+    assert buf.win_count.tolist() == [2, 1]
+
+
+@pytest.mark.parametrize("n_step", [2, 4])
+def test_interleaved_slices_store_what_one_process_stores(n_step):
+    """4 envs in 2 slices arriving up to 7 steps apart store the single-process buffer's transitions (in another
+    order: each slice's when it is added)."""
+    rng = np.random.default_rng(n_step)
+    steps = []
+    for t in range(150):
+        obs = np.arange(4) + 10 * t  # unique labels
+        steps.append((obs, rng.normal(size=4), obs + 5, rng.random(4) < 0.1, rng.random(4) < 0.1))
+    whole = ReplayBuffer(1000, (1,), np.float32, num_envs=4, n_step=n_step, gamma=0.7)
+    sliced = ReplayBuffer(1000, (1,), np.float32, num_envs=4, n_step=n_step, gamma=0.7)
+    for s in steps:
+        step(whole, *s)
+    for envs, s in interleaved(steps, [np.array([0, 1]), np.array([2, 3])], lag=7, seed=n_step):
+        step(sliced, *s, envs=envs)
+    a, b = stored(whole), stored(sliced)
+    order_a, order_b = np.argsort(a["obs"]), np.argsort(b["obs"])
+    assert len(whole) == len(sliced) > 400
+    for name in a:
+        np.testing.assert_array_equal(a[name][order_a], b[name][order_b], err_msg=name)
+    np.testing.assert_array_equal(whole.win_count, sliced.win_count)
 
 
 @pytest.mark.parametrize("n_step", [1, 2, 4])

@@ -86,6 +86,22 @@ def test_every_stored_transition_equals_whole_observation_storage(n_step, num_en
     assert frames.obs.shape == (30, STACK) and frames.obs.dtype == np.int32
 
 
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_slices_added_apart_keep_their_frames(n_step):
+    """Async actors' slices (2 envs of 4 each) arriving up to 40 vector steps apart: one slice writes more than a
+    30-slot ring holds while the other's windows and previous stacks wait, and every stored transition still
+    decodes to what whole storage holds."""
+    from test_replay import interleaved
+
+    full, frames = twins(num_envs=4, n_step=n_step)
+    steps = list(stacked_stream(5, 4, 300))
+    for envs, step in interleaved(steps, [np.array([0, 1]), np.array([2, 3])], lag=40, seed=1):
+        full.add(*step, envs=envs)
+        frames.add(*step, envs=envs)
+        assert_same_contents(full, frames)
+    assert frames.store.emitted > 10 * full.capacity
+
+
 def test_pool_grows_when_episodes_are_very_short():
     """Episodes of one step need ~2 new frames per transition: the pool outgrows its preallocation."""
     full, frames = twins(capacity=40, num_envs=2, n_step=3)

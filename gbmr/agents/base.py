@@ -91,7 +91,8 @@ class Agent(ABC):
     @classmethod
     def async_problem(cls, config: Any) -> str | None:
         """Why an async distributed run cannot feed this agent one actor's slice of the envs at a time, or None
-        when it can. On-policy agents learn from joined slices; off-policy ones must say they take slices."""
+        when it can. On-policy agents learn from joined slices; off-policy ones that take slices (``observe``
+        with ``envs=`` the slice's env ids, as DQN's) override this to return None."""
         if cls.distributed == "central":
             return ("its memory is learner-side, so the learner acts for all actors at every vector step "
                     "(central inference) and no actor can run ahead")

@@ -81,10 +81,7 @@ class DQNAgent(Agent):
 
     @classmethod
     def async_problem(cls, config: DQNConfig) -> str | None:
-        """One-step transitions of whole observations are independent rows, so any slice of envs can be added;
-        n-step windows and shared frames follow every env at each vector step."""
-        if config.n_step > 1 or config.frame_stack:
-            return "its n-step windows and shared frames need whole vector steps; set n_step=1 and frame_stack=0"
+        """None: the replay keeps each env's n-step window and frames apart, so an actor's slice is added alone."""
         return None
 
     def __init__(self, config: DQNConfig, observation_space, action_space, num_envs, device, seed, total_steps):
@@ -134,9 +131,11 @@ class DQNAgent(Agent):
             q = self.q(torch.as_tensor(obs, device=self.device))
             return q.argmax(dim=1).cpu().numpy()
 
-    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
-        self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated)
-        self.follow_schedule(self.steps + len(actions))  # fewer than num_envs: an async actor's slice
+    def observe(self, obs, actions, rewards, next_obs, terminated, truncated, envs=None) -> None:
+        """``envs``: the environments the rows are (an async actor's slice; the replay keeps each env's n-step
+        window and frames on its own); None: all of them."""
+        self.buffer.add(obs, actions, rewards, next_obs, terminated, truncated, envs)
+        self.follow_schedule(self.steps + len(actions))
 
     def follow_schedule(self, steps: int) -> None:
         cfg = self.config

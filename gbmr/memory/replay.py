@@ -7,7 +7,9 @@ the whole window is flushed with shorter sums: the discount is 0 on termination 
 so the learner bootstraps from the final observation only when the episode was cut short by a time limit.
 The learner's target is then simply ``returns + discounts * max_a Q(next_obs, a)``.
 
-Within one ``add`` the emitted transitions are stored environment by environment, oldest first.
+Within one ``add`` the emitted transitions are stored environment by environment, oldest first. An ``add`` may
+hold only some environments (``envs``: an async actor's slice): each environment's window advances on its own,
+so slices added in any interleaving store each environment's n-step transitions as one process does.
 Storage is preallocated numpy. How observations are kept is an ``ObservationStore``: the buffer stores one key
 per ``obs`` and ``next_obs`` (in its n-step windows too) and gathers observations by key when it samples.
 ``ObservationStore`` itself keeps whole observations as keys; ``FrameStore`` (``frame_stack > 0``) keeps each
@@ -142,9 +144,15 @@ class ObservationStore:
         self.key_shape = tuple(obs_shape)
         self.key_dtype = np.dtype(obs_dtype)
 
-    def encode(self, obs: np.ndarray, next_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Keys of one vector step's observations and next observations, batched over environments."""
+    def encode(self, obs: np.ndarray, next_obs: np.ndarray, envs: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Keys of one vector step's observations and next observations, batched over environments (``envs``:
+        which environments the rows are, when only some stepped; None: all, in order)."""
         return obs, next_obs
+
+    def hold(self, keys: np.ndarray) -> None:
+        """Keys still needed (pending n-step windows while other environments add): keep their frames. Call it
+        before ``encode``, which may recycle frames."""
 
     def gather(self, obs_keys: np.ndarray, next_keys: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``obs`` and ``next_obs`` of valid slots, as views of one new array: two large arrays freed together let
@@ -187,7 +195,9 @@ class FrameStore(ObservationStore):
     ``last_use <= K - capacity - num_envs * n_step**2`` is free: no stored transition, pending window or previous
     observation can refer to it. Slots sit in a FIFO queue in order of use; when the oldest is still in use the
     pool takes a never used slot, so the frames in use track the need (``capacity * (1 + 1/L)`` for episodes of
-    L steps) while the unused tail of the preallocated pool stays virtual memory.
+    L steps) while the unused tail of the preallocated pool stays virtual memory. Slices of environments added
+    on their own (async actors) may wait any number of other adds: before each, the keys they still need are
+    stamped again (their previous stacks here, their pending windows by the buffer: ``hold``), so the bound holds.
     """
 
     def __init__(
@@ -211,22 +221,41 @@ class FrameStore(ObservationStore):
         self.used = 0  # slots ever used: 0..used-1, all in the queue
         self.emitted = 0
         self.prev_keys = np.zeros((num_envs, stack), dtype=np.int32)  # each environment's last next_obs
-        self.started = False
+        self.started = np.zeros(num_envs, dtype=bool)  # per environment: has it been added yet
 
-    def encode(self, obs: np.ndarray, next_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, obs: np.ndarray, next_obs: np.ndarray, envs: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         obs, next_obs = np.asarray(obs), np.asarray(next_obs)
-        rows = len(obs)
-        if not self.started:
-            obs_keys, self.started = self._chain(obs, obs, self.prev_keys, np.zeros(rows, dtype=bool), False), True
+        rows = slice(None) if envs is None else envs
+        prev, fresh = self.prev_keys[rows], ~self.started[rows]  # fresh: an environment's first add
+        if envs is not None:  # a slice's previous stacks may be older than the pool's margin: keep them now
+            self.hold(prev[~fresh])
+        if fresh.any() and not fresh.all():  # environments whose first adds differ: each part on its own
+            obs_keys = np.empty_like(prev)
+            for part in (fresh, ~fresh):
+                obs_keys[part] = self._keys_after(obs[part], prev[part], fresh[part])
         else:
-            base = self.frames[self.prev_keys]
-            same = _rows_equal(obs, base)
-            obs_keys = self.prev_keys if same.all() else self._chain(obs, base, self.prev_keys, same, True)
-        next_keys = self._chain(next_obs, obs, obs_keys, np.zeros(rows, dtype=bool), True)
+            obs_keys = self._keys_after(obs, prev, fresh)
+        next_keys = self._chain(next_obs, obs, obs_keys, np.zeros(len(obs), dtype=bool), True)
         self.last_use[obs_keys] = self.emitted
         self.last_use[next_keys] = self.emitted
-        self.prev_keys = next_keys
+        if envs is None:  # (obs_keys may be the old prev_keys)
+            self.prev_keys = next_keys
+        else:
+            self.prev_keys[envs] = next_keys
+        self.started[rows] = True
         return obs_keys, next_keys
+
+    def _keys_after(self, obs: np.ndarray, prev: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+        """Keys of ``obs`` given each environment's previous ``next_obs`` keys (``fresh``: all or none has one)."""
+        if fresh.all():
+            return self._chain(obs, obs, prev, np.zeros(len(obs), dtype=bool), False)
+        base = self.frames[prev]
+        same = _rows_equal(obs, base)
+        return prev if same.all() else self._chain(obs, base, prev, same, True)
+
+    def hold(self, keys: np.ndarray) -> None:
+        self.last_use[keys] = self.emitted
 
     def gather(self, obs_keys: np.ndarray, next_keys: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         both = self.frames[np.stack((obs_keys[slots], next_keys[slots]))]
@@ -326,7 +355,7 @@ class FrameStore(ObservationStore):
         self.head = 0
         self.emitted = int(state["emitted"])
         self.prev_keys = state["prev_keys"].astype(np.int32)
-        self.started = bool(state["started"])
+        self.started = np.broadcast_to(np.asarray(state["started"], dtype=bool), self.started.shape).copy()
 
 
 def _rows_equal(a: np.ndarray, b: np.ndarray, axes: int = 1) -> np.ndarray:
@@ -384,13 +413,14 @@ class ReplayBuffer:
         self.ptr = 0  # next slot to write
         self.size = 0
 
-        # Pending n-step windows. Every environment steps on every add, so all windows share one ring
-        # position: a step goes to column win_slot; an environment's pending steps are its last win_count.
+        # Pending n-step windows: a ring of n_step columns per environment; a step goes to its column
+        # win_slot[e]; an environment's pending steps are its last win_count[e]. In one process every environment
+        # steps on every add, so all positions are equal; an async actor's slice advances only its own.
         self.win_obs = np.zeros((num_envs, n_step, *key_shape), dtype=key_dtype)
         self.win_actions = np.zeros((num_envs, n_step, *action_shape), dtype=action_dtype)
         self.win_rewards = np.zeros((num_envs, n_step), dtype=np.float64)
         self.win_count = np.zeros(num_envs, dtype=np.int64)
-        self.win_slot = 0
+        self.win_slot = np.zeros(num_envs, dtype=np.int64)
         k = np.arange(n_step)
         self._k = k
         # discount_matrix[k, j] = gamma^(j-k) for j >= k: row k sums the rewards from time position k on.
@@ -410,51 +440,63 @@ class ReplayBuffer:
         next_obs: np.ndarray,
         terminated: np.ndarray,
         truncated: np.ndarray,
+        envs: np.ndarray | None = None,
     ) -> None:
-        """Record one vector step; ``next_obs`` is the true final observation for environments that ended."""
-        obs, next_obs = self.store.encode(obs, next_obs)
+        """Record one vector step; ``next_obs`` is the true final observation for environments that ended.
+
+        ``envs``: the environments the rows are when only they stepped (an async actor's slice, added on its own);
+        None: every environment, in order."""
+        n = self.n_step
+        if envs is not None and n > 1:  # the other environments' pending windows wait while this slice's emit
+            env, age = np.nonzero(self._k < self.win_count[:, None])
+            self.store.hold(self.win_obs[env, (self.win_slot[env] - 1 - age) % n])
+        obs, next_obs = self.store.encode(obs, next_obs, envs)
         terminated = np.asarray(terminated, dtype=bool)
-        if self.n_step == 1:  # every step is a whole window: store it as it comes, in environment order
+        if n == 1:  # every step is a whole window: store it as it comes, in environment order
             discounts = np.where(terminated, 0.0, self.gamma)
             self._write(obs, actions, rewards, next_obs, discounts)
             return
-        n, column = self.n_step, self.win_slot
-        self.win_obs[:, column] = obs
-        self.win_actions[:, column] = actions
-        self.win_rewards[:, column] = rewards
-        self.win_slot = (column + 1) % n
-        self.win_count += 1
+        rows = np.arange(self.num_envs) if envs is None else np.asarray(envs)
+        columns = self.win_slot[rows]
+        self.win_obs[rows, columns] = obs
+        self.win_actions[rows, columns] = actions
+        self.win_rewards[rows, columns] = rewards
+        self.win_slot[rows] = (columns + 1) % n
+        self.win_count[rows] += 1
         done = terminated | np.asarray(truncated, dtype=bool)
         if done.any():
-            env_idx, columns, returns, discounts = self._flush(done, terminated)
+            emit, columns, returns, discounts = self._flush(rows, done, terminated)
         else:  # the common step: each full window emits its oldest step, which sits in column win_slot
-            env_idx = np.flatnonzero(self.win_count == n)
-            columns = self.win_slot
-            returns = self.win_rewards[env_idx] @ self._full_window_weights[self.win_slot]
+            emit = np.flatnonzero(self.win_count[rows] == n)
+            columns = self.win_slot[rows[emit]]
+            returns = np.einsum("ij,ij->i", self.win_rewards[rows[emit]], self._full_window_weights[columns])
             discounts = self.gamma**n
-            self.win_count[env_idx] -= 1
-        if env_idx.size:
+            self.win_count[rows[emit]] -= 1
+        if emit.size:
+            env_idx = rows[emit]
             self._write(self.win_obs[env_idx, columns], self.win_actions[env_idx, columns], returns,
-                        np.asarray(next_obs)[env_idx], discounts)
+                        np.asarray(next_obs)[emit], discounts)
 
     def _flush(
-        self, done: np.ndarray, terminated: np.ndarray
+        self, rows: np.ndarray, done: np.ndarray, terminated: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Ended episodes emit all their pending steps with shorter sums; other full windows their oldest.
 
-        Works on (env, time position) grids; returns the emitted (env, column, return, discount) rows.
+        Works on (row, time position) grids of the environments ``rows``; returns the emitted (row, column,
+        return, discount) entries.
         """
         k, n = self._k, self.n_step
-        age = self.win_count[:, None] - k  # steps from time position k to the newest, inclusive
-        columns = (self.win_slot - age) % n
+        count = self.win_count[rows]
+        age = count[:, None] - k  # steps from time position k to the newest, inclusive
+        columns = (self.win_slot[rows][:, None] - age) % n
         pending = age > 0
-        emit = pending & (done[:, None] | ((self.win_count == n)[:, None] & (k == 0)))
-        rewards = np.where(pending, np.take_along_axis(self.win_rewards, columns, axis=1), 0.0)
+        emit = pending & (done[:, None] | ((count == n)[:, None] & (k == 0)))
+        rewards = np.where(pending, np.take_along_axis(self.win_rewards[rows], columns, axis=1), 0.0)
         returns = rewards @ self._discount_matrix.T
         discounts = np.where(terminated[:, None], 0.0, self.gamma ** np.maximum(age, 0))
-        self.win_count = np.where(done, 0, np.minimum(self.win_count, n - 1))
-        env_idx, pos = np.nonzero(emit)
-        return env_idx, columns[env_idx, pos], returns[env_idx, pos], discounts[env_idx, pos]
+        self.win_count[rows] = np.where(done, 0, np.minimum(count, n - 1))
+        row_idx, pos = np.nonzero(emit)
+        return row_idx, columns[row_idx, pos], returns[row_idx, pos], discounts[row_idx, pos]
 
     def _write(
         self,
@@ -560,9 +602,8 @@ class ReplayBuffer:
         self.ptr, self.size = int(state["ptr"]), int(state["size"])
         for name in ("obs", "next_obs", "actions", "returns", "discounts"):
             getattr(self, name)[: self.size] = state[name]
-        for name in ("win_obs", "win_actions", "win_rewards", "win_count"):
-            getattr(self, name)[...] = state[name]
-        self.win_slot = int(state["win_slot"])
+        for name in ("win_obs", "win_actions", "win_rewards", "win_count", "win_slot"):
+            getattr(self, name)[...] = state[name]  # a scalar win_slot (saved before slices) fills every env
         self.store.load_state_dict(state.get("store", {}))
         set_rng_state(self.rng, state["rng"])
 

@@ -8,11 +8,14 @@ version. What an actor sends depends on the agent (``Agent.distributed``):
   which the learner joins into the [T, N] rollout it learns from;
 - off-policy (DQN and its kin): its [T, M] transitions, which the learner observes a vector step at a time, with
   an update after each as in one process (sync: all actors' slices joined into N-env steps; async: one actor's
-  M-env slice at a time, for agents whose replay takes any rows, see ``Agent.async_problem``).
+  M-env slice at a time, observed as those envs' own steps, for agents that take slices, see
+  ``Agent.async_problem``).
 - central (the episodic-memory agents NEC, MFEC, GQ, GBMR, whose acting reads a large memory that changes every
   step): nothing but the envs; each vector step the learner acts on all actors' observations in one batch, sends
   each its actions and observes the joined step (central inference, SEED RL), so the memory never leaves the
-  learner and the run is the single-process run. Sync only; an actor that dies stops the run (``--resume``).
+  learner and the run is the single-process run. Sync only; an actor that dies is rebuilt in place: a
+  replacement started from its state at the last checkpoint (or the run's start) replays the actions sent to it
+  since (the learner keeps them), so its envs are where they were and the run equals the uninterrupted one.
 
 ``sync`` mode collects every batch with the latest weights (versions advance by exactly one per batch): for an
 on-policy agent, whose env i samples from its own stream wherever it lives, the run is the single-process run
@@ -21,8 +24,11 @@ on-policy agent, whose env i samples from its own stream wherever it lives, the 
 collected (``lag``), drops batches more than ``max_lag`` behind and learns from the rest: PPO's ratio against
 the stored behaviour log-probabilities, clipped, is the truncated importance weight, or (``correction=vtrace``)
 V-trace's truncated ratios correct its advantages and value targets; an off-policy learner needs none.
-Off-policy agents run async when their replay takes slices (DQN with one-step returns of whole observations;
-its n-step windows follow every env at each vector step).
+The budget is exact as in one process: the batch that reaches ``total_steps`` counts (and learns from) only its
+vector steps up to it; an on-policy slice cut so is not learnt from, as a cut rollout in one process.
+Off-policy agents run async when they take slices: DQN's replay keeps each env's n-step window and shared
+frames on its own, so slices in any interleaving store what one process stores (GBMR-DQN's replay-slot to
+graph-node map still needs whole vector steps).
 
 Faults: an actor that dies is replaced by a new one started from its state after the last batch the learner
 accepted, so no transition is counted twice and the step counter stays right. The learner checkpoints at batch
@@ -139,6 +145,13 @@ class RolloutActor:
         finished = [(0, int(self.env_ids[i]), ret, length, extra) for i, ret, length, extra in step.finished]
         return {"step": tuple(step[:6]), "finished": finished, "obs": self.collector.obs}
 
+    def replay(self, actions: list[np.ndarray]) -> None:
+        """Central inference, a replacement: step the envs again with the actions its predecessor took since
+        the state it was started from; envs are deterministic given seeds and actions, so they end where the
+        dead actor's were."""
+        for step_actions in actions:
+            self.collector.step(step_actions)
+
     def pid(self) -> int:
         import os
 
@@ -201,6 +214,7 @@ class DistributedRunner(SyncRunner):
         self.actors: list[Any] = []
         self.pending: dict[Any, int] = {}  # async: the batch in flight per actor -> actor index
         self.slices = 0  # async: actor slices joined into the learner's rollout so far
+        self.sent: list[list[np.ndarray]] = [[] for _ in range(config.actors)]  # central: actions since the state
         self.restarts = 0
         self.distributed_rows = 0
         self.ray: Any = None
@@ -283,10 +297,12 @@ class DistributedRunner(SyncRunner):
             self._launch(k)
             stale = self.version - result["version"] > self.config.max_lag
             self._log_batches([(k, result)], dropped=stale)
+            m = self.per_actor  # the budget's last batch counts only the vector steps up to it, as one process
+            steps = min(self.batch_steps, -(-(self.config.total_steps - self.step) // m))
             if self.on_policy:
-                self._take_slice(result, stale)
+                self._take_slice(result, stale, steps)
             else:
-                self._learn_transitions([result], self.batch_steps, observe=not stale, envs=self.per_actor)
+                self._learn_transitions([result], steps, observe=not stale, sliced=True)
 
     def _act_centrally(self) -> None:
         """Central inference (SEED RL): the learner's agent acts on all actors' observations in one batch, the
@@ -295,18 +311,30 @@ class DistributedRunner(SyncRunner):
         learner; no weights travel, so distributed.csv stays empty (every action is from the latest policy)."""
         m = self.per_actor
         actions = self.agent.act(self.obs, explore=True)
-        refs = [actor.step.remote(actions[k * m:(k + 1) * m]) for k, actor in enumerate(self.actors)]
-        try:
-            results = self.ray.get(refs)
-        except self.ray.exceptions.RayActorError:  # a replacement cannot rewind the other actors' envs
-            raise GbmrError(f"an actor died while stepping for {self.config.algo} (central inference); "
-                            "continue the run from its last checkpoint with --resume") from None
+        parts = [actions[k * m:(k + 1) * m] for k in range(self.config.actors)]
+        refs = [actor.step.remote(part) for actor, part in zip(self.actors, parts, strict=True)]
+        results = [self._central_step(k, ref, part) for k, (ref, part) in enumerate(zip(refs, parts, strict=True))]
         self.agent.observe(*(_join([r["step"][i] for r in results]) for i in range(6)))
         self._accumulate(self.agent.update())
         self.step += self.config.num_envs
         self.obs = _join([r["obs"] for r in results])
         for _, _, ret, length, extra in (f for r in results for f in r["finished"]):
             self._end_episode(ret, length, self.metrics, extra)
+
+    def _central_step(self, k: int, ref: Any, actions: np.ndarray) -> dict[str, Any]:
+        """Actor k's vector step; if it died, a replacement started from its last saved state replays the
+        actions sent since then and takes this step: its envs are where they were, the run goes on unchanged."""
+        for _ in range(3):
+            try:
+                result = self.ray.get(ref)
+                self.sent[k].append(actions)
+                return result
+            except self.ray.exceptions.RayActorError:
+                self.restarts += 1
+                self.actors[k] = self._spawn(k)
+                self.actors[k].replay.remote(self.sent[k])  # an actor runs its calls in order
+                ref = self.actors[k].step.remote(actions)
+        raise GbmrError(f"actor {k} died three times in a row; giving up")
 
     def _log_batches(self, results: list[tuple[int, dict[str, Any]]], dropped: bool) -> None:
         for k, result in results:
@@ -343,13 +371,14 @@ class DistributedRunner(SyncRunner):
             storage.data[name][:, columns] = value.to(storage.data[name].device)
         storage.last_values[columns] = result["batch"]["last_values"].to(storage.last_values.device)
 
-    def _take_slice(self, result: dict[str, Any], stale: bool) -> None:
-        """Async, on-policy: the batch's env steps and episodes count; unless stale, its slice joins the
-        learner's rollout, which is learnt from once all N envs' worth of slices are in."""
+    def _take_slice(self, result: dict[str, Any], stale: bool, steps: int) -> None:
+        """Async, on-policy: the batch's first ``steps`` env steps and their episodes count; unless stale or cut
+        by the budget, its slice joins the learner's rollout, which is learnt from once all N envs' worth of
+        slices are in."""
         base, m = self.step, self.per_actor
-        self._end_episodes(result["finished"], base, m)
-        self.step = base + self.batch_steps * m
-        if stale:
+        self._end_episodes([f for f in result["finished"] if f[0] < steps], base, m)
+        self.step = base + steps * m
+        if stale or steps < self.batch_steps:
             return
         self._fill(self.slices, result)
         self.slices += 1
@@ -361,18 +390,19 @@ class DistributedRunner(SyncRunner):
             self.slices = 0
 
     def _learn_transitions(self, results: list[dict[str, Any]], steps: int, observe: bool = True,
-                           envs: int | None = None) -> None:
-        """Off-policy: observe the actors' transitions (sync: all ``num_envs``, async: one actor's ``envs``) a
-        vector step at a time, each followed by an update, as one process does (``observe=False``: only count
-        the steps and episodes)."""
-        n, base = envs or self.config.num_envs, self.step
+                           sliced: bool = False) -> None:
+        """Off-policy: observe the actors' transitions (sync: all ``num_envs``; ``sliced``: one actor's, which
+        the agent adds as those envs' own steps) a vector step at a time, each followed by an update, as one
+        process does (``observe=False``: only count the steps and episodes)."""
+        n, base = self.per_actor if sliced else self.config.num_envs, self.step
         batches = [result["batch"] for result in results]
+        envs = {"envs": results[0]["env_ids"]} if sliced else {}
         finished = sorted((f for result in results for f in result["finished"]), key=lambda f: f[:2])
         for t in range(steps):
             if observe:
                 row = [np.concatenate([b[name][t] for b in batches]) for name in
                        ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")]
-                self.agent.observe(*row)
+                self.agent.observe(*row, **envs)
                 self._accumulate(self.agent.update())
             self.step = base + (t + 1) * n
             for _, _, ret, length, extra in (f for f in finished if f[0] == t):
@@ -382,8 +412,9 @@ class DistributedRunner(SyncRunner):
 
     # ------------------------------------------------------------------ checkpoints
     def _collection_state(self) -> dict[str, Any]:
-        if self.central:  # the actors' envs as of this vector step
+        if self.central:  # the actors' envs as of this vector step; a replacement replays from here
             self.actor_states = self.ray.get([actor.state.remote() for actor in self.actors])
+            self.sent = [[] for _ in self.actors]
         return {"actor_states": self.actor_states, "version": self.version, "slices": self.slices,
                 "restarts": self.restarts, "distributed_rows": self.distributed_rows}
 
