@@ -274,3 +274,17 @@ def test_qmix_improves_on_mpe_simple_spread(tmp_path):
         random_returns.append(total)
     assert evaluations[-1] > evaluations[0] + 3
     assert evaluations[-1] > np.mean(random_returns) + 3
+
+
+@pytest.mark.slow
+def test_qmix_learns_to_eat_on_lbf_5x5_coop(tmp_path):
+    """12000 steps (~20 s of CPU) with the lbf preset (scaled observations, standardised rewards): a greedy
+    evaluation of 40 episodes eats the food in at least 20% of them, against 5.5% for random available actions
+    (11 of 200 episodes); measured 0, 0.6, 0.25 at 4k, 8k, 12k steps (without standardised rewards: 0 up to 20k)."""
+    run = tmp_path / "run"
+    assert main(["train", "--algo", "qmix", "--env", "LBF/Foraging-5x5-2p-1f-coop-v3", "--seed", "1",
+                 "--total-steps", "12000", "--no-progress", "--set", "eval_every=4000", "--set", "eval_episodes=40",
+                 "--set", "epsilon_anneal_time=8000", "--set", "target_update_interval=20",
+                 "--set", "checkpoint_every=100000", "--run-dir", str(run)]) == 0
+    evaluations = [float(row[1]) for row in read_rows(run / "eval.csv")[1:]]
+    assert len(evaluations) == 3 and max(evaluations) >= 0.2
