@@ -14,6 +14,18 @@ from run_helpers import assert_resume_equals_uninterrupted, read_rows
 from gbmr.cli import main
 from gbmr.core.run_dir import RunDir
 
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_ray():
+    """One local Ray for the module's in-process runs (the runner uses a running Ray and leaves it up): starting
+    one per run cost ~5 s each. Runs in subprocesses start their own."""
+    from gbmr.runners.distributed import connect_ray
+
+    ray = connect_ray("local", 2)
+    yield
+    ray.shutdown()
+
+
 PPO = ["--algo", "ppo", "--env", "CartPole-v1", "--seed", "3", "--num-envs", "4", "--no-progress",
        "--set", "n_steps=32", "--set", "hidden=[16]", "--set", "eval_every=1024", "--set", "eval_episodes=2",
        "--set", "checkpoint_every=1024"]
@@ -181,6 +193,17 @@ def test_a_killed_actor_is_rebuilt_in_place_for_central_inference(tmp_path, monk
     for name in ("learner.csv", "eval.csv"):
         assert read_rows(hit / name) == read_rows(single / name), name
     assert RunDir(hit).load_checkpoint()["runner"]["step"] == 600
+
+
+@pytest.mark.slow
+def test_a_killed_memory_agent_run_resumes_to_the_uninterrupted_run(tmp_path):
+    """NEC with central inference, its learner (and local Ray) SIGKILLed twice and resumed: the memory comes
+    back from the checkpoint, the actors' envs from their states in it, and the run writes what an
+    uninterrupted one writes (~33 s here, most of it two subprocesses starting torch and Ray)."""
+    args = ["--algo", "nec", "--env", "CartPole-v1", "--seed", "5", "--num-envs", "4", "--total-steps", "2000",
+            "--actors", "2", "--no-progress", "--set", "checkpoint_every=128", "--set", "eval_every=1000",
+            "--set", "eval_episodes=2"]
+    assert_resume_equals_uninterrupted(args, tmp_path, 2000)
 
 
 @pytest.mark.parametrize(("args", "message"), [

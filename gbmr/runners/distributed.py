@@ -66,7 +66,8 @@ def connect_ray(address: str, num_cpus: int) -> Any:
         raise GbmrError("Ray is not installed: pip install 'gbmr[ray]'") from None
     if not ray.is_initialized():
         if address == "local":
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            # address "local": a new Ray of this run's own, never another process's found on the machine
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
     return ray
