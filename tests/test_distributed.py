@@ -129,6 +129,20 @@ def test_dqn_runs_distributed(tmp_path, mode):
     assert max(int(r[0]) for r in metrics) <= 1010
 
 
+def test_sac_runs_async_on_slices(tmp_path):
+    """SAC's learner observes one actor's slice at a time (its replay adds slices, frames per env): every step
+    sent is observed once, learning starts, and the run stops at the budget."""
+    run = tmp_path / "run"
+    train("--algo", "sac", "--env", "Pendulum-v1", "--total-steps", "600", "--num-envs", "2", "--actors", "2",
+          "--mode", "async", "--no-progress", "--set", "learning_starts=200", "--set", "actor_steps=50",
+          "--set", "batch_size=32", "--set", "eval_every=0", "--run-dir", str(run))
+    checkpoint = RunDir(run).load_checkpoint()
+    assert checkpoint["runner"]["step"] == 600
+    observed = sum(50 for r in distributed_rows(run) if not r["dropped"])
+    assert checkpoint["agent"]["counters"]["steps"] == observed >= 500
+    assert checkpoint["agent"]["counters"]["updates"] > 0
+
+
 def test_dqn_async_with_n_step_returns_and_frame_stacks(tmp_path):
     """Async slices arrive in any interleaving; the replay keeps each env's n-step window and frames, so every
     step each actor sent is observed once and, no Pong episode ending within 400 steps, every env's window still

@@ -201,13 +201,21 @@ class OffPolicyActorCritic(Agent):
             actions = self.policy_actions(self.encode(self.obs_tensor(obs)), explore).cpu().numpy()
         return actions if self.discrete else self.scaling.to_env(actions)
 
-    def observe(self, obs, actions, rewards, next_obs, terminated, truncated) -> None:
+    @classmethod
+    def async_problem(cls, config: Any) -> str | None:
+        """None: the replay keeps each env's n-step window and frames apart, so an actor's slice is added alone."""
+        return None
+
+    def observe(self, obs, actions, rewards, next_obs, terminated, truncated, envs=None) -> None:
+        """``envs``: the environments the rows are (an async actor's slice); None: all of them."""
         stored = np.asarray(actions, dtype=np.int64) if self.discrete else self.scaling.from_env(actions)
-        self.buffer.add(obs, stored, rewards, next_obs, terminated, truncated)
-        self.steps += self.num_envs
+        self.buffer.add(obs, stored, rewards, next_obs, terminated, truncated, envs)
+        self.steps += len(stored)
         done = np.asarray(terminated) | np.asarray(truncated)
         if done.any():
-            self.episodes_ended(done)
+            ended = np.zeros(self.num_envs, dtype=bool)
+            ended[slice(None) if envs is None else envs] = done
+            self.episodes_ended(ended)
 
     def episodes_ended(self, done: np.ndarray) -> None:  # noqa: B027 - an optional hook
         """Envs whose episode just ended (DDPG's OU noise restarts)."""

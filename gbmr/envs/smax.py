@@ -75,8 +75,8 @@ def _compiled(scenario: str, max_steps: int) -> tuple:
         obs = env.get_obs(state)
         avail = env.get_avail_actions(state)
         alive = state.state.unit_alive[:n_allies]
-        return (jnp.stack([obs[a] for a in agents]) * alive[:, None], jnp.clip(env.get_world_state(state) * state_scale, 0.0, 1.0),
-                jnp.stack([avail[a] for a in agents]), alive)
+        world = jnp.clip(env.get_world_state(state) * state_scale, 0.0, 1.0)
+        return jnp.stack([obs[a] for a in agents]) * alive[:, None], world, jnp.stack([avail[a] for a in agents]), alive
 
     def reset(key):
         _, state = env.reset(key)
