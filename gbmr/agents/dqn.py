@@ -115,6 +115,10 @@ class EpsilonGreedyPolicy(Policy):
             actions[random_mask] = self.rng.integers(self.num_actions, size=int(random_mask.sum()))
         return actions
 
+    def acting_rngs(self) -> list[np.random.Generator]:
+        """What an actor's state for a restart carries."""
+        return [self.rng]
+
     def weights(self) -> dict[str, torch.Tensor]:
         return self.q.state_dict()
 
