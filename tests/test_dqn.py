@@ -71,3 +71,14 @@ def test_a_distributed_actor_builds_only_the_policy_and_acts_as_the_agent():
         actions.append(agent.act(batch["obs"][t]))
     assert np.array_equal(np.stack(actions), batch["actions"])
     assert 0.0 < agent.epsilon < 1.0  # both random and greedy actions were compared
+
+
+def test_the_policy_contract_greedy_is_argmax_q_and_epsilon_follows_the_schedule():
+    env = gym.make("CartPole-v1")
+    config = DQNConfig(hidden=(8,), eps_start=1.0, eps_end=0.1, eps_fraction=0.5)
+    policy = DQNAgent.make_policy(config, env.observation_space, env.action_space, torch.device("cpu"), 0, 1000)
+    obs = torch.randn(5, 4)
+    actions, state, extras = policy.act(obs, policy.initial_state(5), explore=False)
+    assert torch.equal(actions, policy.q(obs).argmax(dim=1)) and state == {} and extras == {}
+    policy.follow_schedule(250)  # half of the 500-step decay from 1.0 to 0.1
+    assert policy.epsilon == pytest.approx(0.55)
