@@ -110,7 +110,7 @@ def main() -> None:
 
     state = batch.obs[:1]
     with torch.inference_mode():
-        forward_ms = best_ms(lambda: agent.q(torch.as_tensor(state)))
+        forward_ms = best_ms(lambda: agent.policy.q(torch.as_tensor(state)))
     known_ms = best_ms(lambda: agent.known_values(state))
     print("\n**Acting, per step of one state** (same graph)\n")
     print("| part | ms |")

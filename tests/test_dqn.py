@@ -1,11 +1,15 @@
-"""DQN maths against hand-computed values."""
+"""DQN maths against hand-computed values; its policy acting alone in a distributed actor."""
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
 from gbmr.agents.acting import linear_schedule
-from gbmr.agents.dqn import q_targets
+from gbmr.agents.dqn import DQNAgent, DQNConfig, EpsilonGreedyPolicy, q_targets
 from gbmr.agents.optim import clip_grad_norm
+from gbmr.config import RunConfig
+from gbmr.runners.distributed import RolloutActor
 
 
 def test_double_dqn_targets():
@@ -49,3 +53,32 @@ def test_clip_grad_norm_equals_torch(max_norm):
         assert norm == pytest.approx(max_norm, rel=1e-5)
     else:
         assert all(torch.equal(g, o) for g, o in zip(grads, original, strict=True))
+
+
+def test_a_distributed_actor_builds_only_the_policy_and_acts_as_the_agent():
+    """An actor of a distributed DQN run holds an EpsilonGreedyPolicy (no learner, no replay) and, given the
+    learner's weights and step, draws the actions the whole agent draws on the same observations."""
+    config = RunConfig(algo="dqn", env="CartPole-v1", seed=5, total_steps=1000, num_envs=2,
+                       agent=DQNConfig(hidden=(16,), eps_fraction=0.5))
+    actor = RolloutActor(config.to_dict(), [0, 1], None)
+    assert actor.agent is None and isinstance(actor.policy, EpsilonGreedyPolicy)
+    env = gym.make("CartPole-v1")
+    agent = DQNAgent(config.agent, env.observation_space, env.action_space, 2, torch.device("cpu"), 5, 1000)
+    batch = actor.collect(agent.policy_weights(), 0, 20, start_step=100)["batch"]
+    actions = []
+    for t in range(20):
+        agent.follow_schedule(100 + 2 * t)
+        actions.append(agent.act(batch["obs"][t]))
+    assert np.array_equal(np.stack(actions), batch["actions"])
+    assert 0.0 < agent.epsilon < 1.0  # both random and greedy actions were compared
+
+
+def test_the_policy_contract_greedy_is_argmax_q_and_epsilon_follows_the_schedule():
+    env = gym.make("CartPole-v1")
+    config = DQNConfig(hidden=(8,), eps_start=1.0, eps_end=0.1, eps_fraction=0.5)
+    policy = DQNAgent.make_policy(config, env.observation_space, env.action_space, torch.device("cpu"), 0, 1000)
+    obs = torch.randn(5, 4)
+    actions, state, extras = policy.act(obs, policy.initial_state(5), explore=False)
+    assert torch.equal(actions, policy.q(obs).argmax(dim=1)) and state == {} and extras == {}
+    policy.follow_schedule(250)  # half of the 500-step decay from 1.0 to 0.1
+    assert policy.epsilon == pytest.approx(0.55)

@@ -107,11 +107,11 @@ def test_memory_act_max_takes_the_graph_value_where_it_knows_the_state():
     q, known = agent.known_values(states)
     assert known.tolist() == [[True, False], [False, True], [False, False]]
     np.testing.assert_allclose(q[known], [2.71, 1.9], rtol=1e-6)
-    agent.q = _FixedQ([0.5, 0.0])
+    agent.policy.q = _FixedQ([0.5, 0.0])
     assert agent.act(states, explore=False).tolist() == [0, 1, 0]
-    agent.q = _FixedQ([0.0, 2.0])  # above the graph's 1.9 in s1, and above its 0 where it has no edge
+    agent.policy.q = _FixedQ([0.0, 2.0])  # above the graph's 1.9 in s1, and above its 0 where it has no edge
     assert agent.act(states, explore=False).tolist() == [0, 1, 1]
-    agent.q = _FixedQ([0.5, 0.0])
+    agent.policy.q = _FixedQ([0.5, 0.0])
     agent.config.memory_act = "off"
     assert agent.act(states, explore=False).tolist() == [0, 0, 0]
 
@@ -133,7 +133,7 @@ def test_checkpoint_resumes_identically():
     assert len(a.memory.collector) > 0 and a.memory.reconstructions > 0  # saved mid-episode
     b.load_state_dict(_saved(a))
     assert _play(a, 300, seed=7) == _play(b, 300, seed=7)
-    for p, q in zip(a.q.parameters(), b.q.parameters(), strict=True):
+    for p, q in zip(a.learner.q.parameters(), b.learner.q.parameters(), strict=True):
         assert torch.equal(p, q)
     np.testing.assert_array_equal(a.slot_node, b.slot_node)
     assert a.memory.graph.num_edges == b.memory.graph.num_edges
@@ -148,7 +148,7 @@ def test_without_the_memory_term_it_is_dqn_step_for_step():
     torch.manual_seed(0)
     hybrid = _agent(GBMRDQNConfig(**shared, memory_weight=0.0, memory={"dist_th": 0.05, "k": 5}), seed=3)
     assert _play(dqn, 400) == _play(hybrid, 400)
-    for p, q in zip(dqn.q.parameters(), hybrid.q.parameters(), strict=True):
+    for p, q in zip(dqn.learner.q.parameters(), hybrid.learner.q.parameters(), strict=True):
         assert torch.equal(p, q)
     assert hybrid.memory.graph.num_nodes > 100
 

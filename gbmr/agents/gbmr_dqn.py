@@ -127,7 +127,7 @@ class GBMRDQNAgent(DQNAgent):
         if self.config.memory_act == "off":
             return super()._greedy(obs)
         with torch.inference_mode():
-            q = self.q(torch.as_tensor(obs, device=self.device)).cpu().numpy()
+            q = self.policy.q(torch.as_tensor(obs, device=self.device)).cpu().numpy()
         memory_q, known = self.known_values(obs)
         return np.where(known, np.maximum(q, memory_q), q).argmax(axis=1)
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from gbmr.agents.base import Agent
 from gbmr.agents.optim import adam_step, make_adam, polyak_update
+from gbmr.agents.train_schedule import TrainSchedule
 from gbmr.core.errors import GbmrError
 from gbmr.core.seeding import derive_seed
 from gbmr.core.state import rng_state, set_rng_state
@@ -89,8 +90,9 @@ class OffPolicyActorCritic(Agent):
 
     def __init__(self, config, observation_space, action_space, num_envs, device, seed, total_steps):
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
-        if config.policy_frequency < 1 or config.train_freq < 1 or config.gradient_steps < 1:
-            raise GbmrError("policy_frequency, train_freq and gradient_steps must be >= 1")
+        if config.policy_frequency < 1:
+            raise GbmrError(f"policy_frequency must be >= 1, got {config.policy_frequency}")
+        self.schedule = TrainSchedule(config.learning_starts, config.train_freq, config.gradient_steps)
         self.encoder, self.feature_dim = make_encoder(config.model, observation_space, config.features)
         if self.encoder is not None:
             self.encoder = self.encoder.to(device)
@@ -115,7 +117,6 @@ class OffPolicyActorCritic(Agent):
         self.seed = seed
         self.assign_envs(np.arange(num_envs))
         self.updates = 0  # critic updates so far
-        self._last_train = 0
         self.build()
         self.policy = nn.ModuleDict({"actor": self.actor, **self.encoders(with_target=False)})
 
@@ -222,12 +223,11 @@ class OffPolicyActorCritic(Agent):
 
     # ------------------------------------------------------------------ learning
     def update(self) -> dict[str, float]:
-        cfg = self.config
-        if self.steps < cfg.learning_starts or self.steps - self._last_train < cfg.train_freq:
+        gradient_steps = self.schedule.phase(self.steps)
+        if not gradient_steps:
             return {}
-        self._last_train = self.steps
-        for _ in range(cfg.gradient_steps):
-            batch = self.buffer.sample(cfg.batch_size)
+        for _ in range(gradient_steps):
+            batch = self.buffer.sample(self.config.batch_size)
             device = self.device
             actions = torch.from_numpy(batch.actions).to(device)
             metrics = self.gradient_step(
@@ -262,7 +262,7 @@ class OffPolicyActorCritic(Agent):
             "generator": self.generator.get_state(),
             "explore": [rng_state(r) for r in self.explore_rngs],
             "rng": rng_state(self.rng),
-            "counters": {"steps": self.steps, "updates": self.updates, "last_train": self._last_train},
+            "counters": {"steps": self.steps, "updates": self.updates, **self.schedule.state_dict()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -274,4 +274,5 @@ class OffPolicyActorCritic(Agent):
             set_rng_state(rng, saved)
         set_rng_state(self.rng, state["rng"])
         counters = state["counters"]
-        self.steps, self.updates, self._last_train = counters["steps"], counters["updates"], counters["last_train"]
+        self.steps, self.updates = counters["steps"], counters["updates"]
+        self.schedule.load_state_dict(counters)

@@ -46,6 +46,7 @@ import torch
 from gbmr.agents import agent_class, build_agent
 from gbmr.agents.base import Agent
 from gbmr.config import RunConfig, config_from_dict
+from gbmr.core.devices import resolve_device
 from gbmr.core.errors import GbmrError, unknown_choice
 from gbmr.core.run_dir import CsvLog
 from gbmr.core.seeding import seed_everything
@@ -105,6 +106,12 @@ def _algorithms() -> list[str]:
     return list(ALGORITHMS)
 
 
+def _transitions(steps: list[tuple]) -> dict[str, np.ndarray]:
+    """An actor's vector steps (obs, actions, rewards, next_obs, terminated, truncated) stacked per column."""
+    names = ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")
+    return {name: np.stack(column) for name, column in zip(names, zip(*steps, strict=True), strict=True)}
+
+
 class RolloutActor:
     """One Ray actor: a slice of the run's envs, its collector and a copy of the agent for acting."""
 
@@ -116,7 +123,12 @@ class RolloutActor:
         self.total_envs = cfg.num_envs
         self.env_ids = np.asarray(env_ids)
         self.agent: Agent | None = None  # central inference: the learner acts, the actor only steps its envs
-        if agent_class(cfg.algo).distributed != "central":
+        self.policy: Any = None  # an agent split into Policy and Learner: the actor builds only the Policy
+        cls = agent_class(cfg.algo)
+        if hasattr(cls, "make_policy"):
+            self.policy = cls.make_policy(cfg.agent, envs.single_observation_space, envs.single_action_space,
+                                          resolve_device(cfg.device), cfg.seed, cfg.total_steps)
+        elif cls.distributed != "central":
             self.agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, len(env_ids))
             if hasattr(self.agent, "assign_envs"):
                 self.agent.assign_envs(self.env_ids)
@@ -130,6 +142,8 @@ class RolloutActor:
                 set_rng_state(rng, saved)
 
     def _rngs(self) -> list[np.random.Generator]:
+        if self.policy is not None:
+            return self.policy.acting_rngs()
         return self.agent.acting_rngs() if self.agent is not None else []
 
     def state(self) -> dict[str, Any]:
@@ -161,6 +175,8 @@ class RolloutActor:
     def collect(self, weights: dict[str, torch.Tensor], version: int, steps: int, start_step: int
                 ) -> dict[str, Any]:
         """``steps`` vector steps with the given weights, acting as the learner would from ``start_step``."""
+        if self.policy is not None:
+            return self._collect_with_policy(weights, version, steps, start_step)
         self.agent.load_policy_weights(weights)
         transitions, finished = [], []
         for t in range(steps):
@@ -179,10 +195,21 @@ class RolloutActor:
             self.agent.storage.clear()
             batch = {}
         else:
-            batch = {name: np.stack(column) for name, column in
-                     zip(("obs", "actions", "rewards", "next_obs", "terminated", "truncated"),
-                         zip(*transitions, strict=True), strict=True)}
+            batch = _transitions(transitions)
         return {"version": version, "env_ids": self.env_ids, "batch": batch, "finished": finished,
+                "state": self.state()}
+
+    def _collect_with_policy(self, weights: dict[str, torch.Tensor], version: int, steps: int, start_step: int
+                             ) -> dict[str, Any]:
+        """``collect`` for off-policy agents split into Policy and Learner: transitions for the replay."""
+        self.policy.load_weights(weights)
+        transitions, finished = [], []
+        for t in range(steps):
+            self.policy.follow_schedule(start_step + t * self.total_envs)
+            step = self.collector.step(self.policy.act_numpy(self.collector.obs, explore=True))
+            transitions.append(step[:6])
+            finished += [(t, int(self.env_ids[i]), ret, length, extra) for i, ret, length, extra in step.finished]
+        return {"version": version, "env_ids": self.env_ids, "batch": _transitions(transitions), "finished": finished,
                 "state": self.state()}
 
 
