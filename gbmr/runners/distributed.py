@@ -26,9 +26,9 @@ the stored behaviour log-probabilities, clipped, is the truncated importance wei
 V-trace's truncated ratios correct its advantages and value targets; an off-policy learner needs none.
 The budget is exact as in one process: the batch that reaches ``total_steps`` counts (and learns from) only its
 vector steps up to it; an on-policy slice cut so is not learnt from, as a cut rollout in one process.
-Off-policy agents run async when they take slices: DQN's replay keeps each env's n-step window and shared
-frames on its own, so slices in any interleaving store what one process stores (GBMR-DQN's replay-slot to
-graph-node map still needs whole vector steps).
+Off-policy agents run async when they take slices: the replay of DQN and SAC/TD3/DDPG keeps each env's
+n-step window and shared frames on its own, so slices in any interleaving store what one process stores
+(GBMR-DQN's replay-slot to graph-node map still needs whole vector steps).
 
 Faults: an actor that dies is replaced by a new one started from its state after the last batch the learner
 accepted, so no transition is counted twice and the step counter stays right. The learner checkpoints at batch
