@@ -14,7 +14,7 @@ per step, as each family defines it: PettingZoo envs (MPE) and LBF, whose agents
 the sum of the agents' rewards (EPyMARL's ``common_reward`` with ``reward_scalarisation: sum``; simple_spread's
 agents each get the shared coverage term plus half their own collision penalty, ``local_ratio`` 0.5); SMAX gives
 every ally the same shared reward, and the team reward is that one value, not its sum over the allies.
-An agent whose episode ended gets zero observations and only action 0 (no-op) available.
+An agent whose episode ended gets zero observations and only a no-op available (action 0; SMAX: its stop, 4).
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ class RolloutActor:
             self.agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, len(env_ids))
             if hasattr(self.agent, "assign_envs"):
                 self.agent.assign_envs(self.env_ids)
-        self.on_policy = agent_class(cfg.algo).distributed == "on-policy"
+        self.on_policy = cls.distributed == "on-policy"
         self.collector = Collector(envs, cfg.seed, self.env_ids)
         if state is None:
             self.collector.start()
@@ -157,8 +157,7 @@ class RolloutActor:
         """Central inference: one vector step with the learner's actions; the transitions, the episodes that
         ended (global env ids) and the observations the learner acts on next."""
         step = self.collector.step(actions)
-        finished = [(0, int(self.env_ids[i]), ret, length, extra) for i, ret, length, extra in step.finished]
-        return {"step": tuple(step[:6]), "finished": finished, "obs": self.collector.obs}
+        return {"step": tuple(step[:6]), "finished": self._finished(step, 0), "obs": self.collector.obs}
 
     def replay(self, actions: list[np.ndarray]) -> None:
         """Central inference, a replacement: step the envs again with the actions its predecessor took since
@@ -174,19 +173,22 @@ class RolloutActor:
 
     def collect(self, weights: dict[str, torch.Tensor], version: int, steps: int, start_step: int
                 ) -> dict[str, Any]:
-        """``steps`` vector steps with the given weights, acting as the learner would from ``start_step``."""
+        """``steps`` vector steps with the given weights, acting as the learner would from ``start_step``
+        (with the Policy alone for an agent split into Policy and Learner, else with the agent's copy)."""
         if self.policy is not None:
-            return self._collect_with_policy(weights, version, steps, start_step)
-        self.agent.load_policy_weights(weights)
+            load, follow, act = self.policy.load_weights, self.policy.follow_schedule, self.policy.act_numpy
+        else:
+            load, follow, act = self.agent.load_policy_weights, self.agent.follow_schedule, self.agent.act
+        load(weights)
         transitions, finished = [], []
         for t in range(steps):
-            self.agent.follow_schedule(start_step + t * self.total_envs)
-            step = self.collector.step(self.agent.act(self.collector.obs, explore=True))
+            follow(start_step + t * self.total_envs)
+            step = self.collector.step(act(self.collector.obs, explore=True))
             if self.on_policy:
                 self.agent.observe(*step[:6])
             else:
                 transitions.append(step[:6])
-            finished += [(t, int(self.env_ids[i]), ret, length, extra) for i, ret, length, extra in step.finished]
+            finished += self._finished(step, t)
         if self.on_policy and self.agent.storage.full:
             storage = self.agent.storage
             batch = {"data": {k: v.clone() for k, v in storage.data.items()}, "last_values": storage.last_values}
@@ -199,20 +201,9 @@ class RolloutActor:
         return {"version": version, "env_ids": self.env_ids, "batch": batch, "finished": finished,
                 "state": self.state()}
 
-    def _collect_with_policy(self, weights: dict[str, torch.Tensor], version: int, steps: int, start_step: int
-                             ) -> dict[str, Any]:
-        """``collect`` for off-policy agents split into Policy and Learner: transitions for the replay."""
-        self.policy.load_weights(weights)
-        transitions, finished = [], []
-        for t in range(steps):
-            self.policy.follow_schedule(start_step + t * self.total_envs)
-            step = self.collector.step(self.policy.act_numpy(self.collector.obs, explore=True))
-            transitions.append(step[:6])
-            finished += [(t, int(self.env_ids[i]), ret, length, extra) for i, ret, length, extra in step.finished]
-        return {"version": version, "env_ids": self.env_ids, "batch": _transitions(transitions), "finished": finished,
-                "state": self.state()}
-
-
+    def _finished(self, step: Any, t: int) -> list[tuple]:
+        """The episodes that ended at vector step ``t`` of a batch: (t, global env id, return, length, extras)."""
+        return [(t, int(self.env_ids[i]), ret, length, extra) for i, ret, length, extra in step.finished]
 
 
 def _join(parts: list[Any]) -> Any:
@@ -428,7 +419,7 @@ class DistributedRunner(SyncRunner):
         finished = sorted((f for result in results for f in result["finished"]), key=lambda f: f[:2])
         for t in range(steps):
             if observe:
-                row = [np.concatenate([b[name][t] for b in batches]) for name in
+                row = [_join([b[name][t] for b in batches]) for name in
                        ("obs", "actions", "rewards", "next_obs", "terminated", "truncated")]
                 self.agent.observe(*row, **envs)
                 self._accumulate(self.agent.update())
