@@ -17,12 +17,11 @@ checkpoint). Prints env-steps/s for both and the ratio.
 from __future__ import annotations
 
 import argparse
-import time
 from functools import partial
 
 import numpy as np
 import torch
-from throughput_common import as_overrides, compare, time_gbmr, warm_up
+from throughput_common import add_clock_argument, as_overrides, clock, compare, time_gbmr, use_clock, warm_up
 
 from gbmr.envs import make_env
 
@@ -47,7 +46,7 @@ def time_sb3(algo: str, env_id: str, steps: int, learning_starts: int, width: in
     from stable_baselines3 import SAC, TD3
     from stable_baselines3.common.noise import NormalActionNoise
 
-    start = time.perf_counter()  # like ours, the clock includes making the env and the agent
+    start = clock()  # like ours, the clock includes making the env and the agent
     env = make_env(env_id, seed=0)
     common = dict(learning_rate=3e-4, buffer_size=COMMON["buffer_size"], learning_starts=learning_starts,
                   batch_size=batch, tau=COMMON["tau"], gamma=COMMON["gamma"], train_freq=1,
@@ -60,7 +59,7 @@ def time_sb3(algo: str, env_id: str, steps: int, learning_starts: int, width: in
         model = TD3("MlpPolicy", env, policy_delay=2, target_policy_noise=0.2, target_noise_clip=0.5,
                     action_noise=NormalActionNoise(np.zeros(dim), 0.1 * np.ones(dim)), **common)
     model.learn(total_timesteps=steps)
-    return steps / (time.perf_counter() - start)
+    return steps / (clock() - start)
 
 
 def main() -> None:
@@ -72,7 +71,9 @@ def main() -> None:
     parser.add_argument("--env", default="Pendulum-v1")
     parser.add_argument("--sizes", nargs="+", default=["256x256", "64x64"],
                         help="MLP width x batch size pairs (the default preset's, the classic preset's)")
+    add_clock_argument(parser)
     args = parser.parse_args()
+    use_clock(args.clock)
     torch.set_num_threads(1)
     print(f"{args.env}, {args.steps} env steps ({args.learning_starts} random first), SB3's update scheme, "
           f"1 torch thread, best of {args.repeats}\n")

@@ -14,6 +14,9 @@ both sides collect and learn from the same number of rollouts.
 Prints env-steps/s for both and the ratio.
 
     python benchmarks/ppo_throughput.py [--steps 20480] [--repeats 3] [--envs CartPole-v1 MinAtar/Breakout-v1]
+
+``--conv`` prints instead the time of MinAtar's conv (Breakout's 4 planes) in inference by batch size, oneDNN's
+(``nn.Conv2d``) against PyTorch's native one (what ``SmallBatchConv2d`` calls for small batches).
 """
 
 from __future__ import annotations
@@ -23,7 +26,17 @@ import time
 from functools import partial
 
 import torch
-from throughput_common import as_overrides, compare, print_row, print_table_header, time_gbmr, warm_up
+from throughput_common import (
+    add_clock_argument,
+    as_overrides,
+    clock,
+    compare,
+    print_row,
+    print_table_header,
+    time_gbmr,
+    use_clock,
+    warm_up,
+)
 from torch import nn
 
 from gbmr.envs import make_env
@@ -84,7 +97,7 @@ def time_sb3(env_id: str, steps: int) -> float:
         policy_kwargs = dict(net_arch=dict(pi=list(NETS["mlp"]["hidden"]), vf=list(NETS["mlp"]["hidden"])),
                              activation_fn=nn.Tanh, share_features_extractor=False)
     batch = NUM_ENVS * d["n_steps"]
-    start = time.perf_counter()  # like ours, the clock includes making the envs and the agent
+    start = clock()  # like ours, the clock includes making the envs and the agent
     envs = make_vec_env(lambda: make_env(env_id), n_envs=NUM_ENVS, seed=0, vec_env_cls=DummyVecEnv)
     model = SB3PPO(
         "MlpPolicy", envs, learning_rate=lambda remaining: d["lr"] * remaining, n_steps=d["n_steps"],
@@ -95,7 +108,35 @@ def time_sb3(env_id: str, steps: int) -> float:
         verbose=0,
     )  # SB3's Adam already uses eps 1e-5 and orthogonal init (gains sqrt 2, 0.01, 1), as ours
     model.learn(total_timesteps=steps)
-    return model.num_timesteps / (time.perf_counter() - start)
+    return model.num_timesteps / (clock() - start)
+
+
+def conv_table(repeats: int) -> None:
+    from gbmr.nets.torsos import SmallBatchConv2d
+
+    conv = nn.Conv2d(4, 16, 3)
+
+    def best_us(fn, x: torch.Tensor, calls: int = 500) -> float:
+        times = []
+        for _ in range(repeats + 1):  # the first round warms up
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn(x)
+            times.append((time.perf_counter() - start) / calls * 1e6)
+        return min(times[1:])
+
+    def native(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._slow_conv2d_forward(x, conv.weight, conv.kernel_size, conv.bias, conv.stride,
+                                                   conv.padding)
+
+    print(f"MinAtar conv (4 -> 16 channels, 3x3, 10x10), inference, 1 torch thread, best of {repeats}; "
+          f"SmallBatchConv2d takes the native path up to {SmallBatchConv2d.SMALL_BATCH} rows\n")
+    print("| batch | oneDNN (us) | native (us) | ratio |\n|---:|---:|---:|---:|")
+    with torch.inference_mode():
+        for batch in (1, 4, 16, 64, 128):
+            x = torch.rand(batch, 4, 10, 10)
+            ours, theirs = best_us(native, x), best_us(conv, x)
+            print(f"| {batch} | {theirs:.1f} | {ours:.1f} | {theirs / ours:.2f}x |")
 
 
 def main() -> None:
@@ -103,7 +144,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_480)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--envs", nargs="+", default=["CartPole-v1", "MinAtar/Breakout-v1"])
+    parser.add_argument("--conv", action="store_true", help="time MinAtar's conv by batch size instead")
+    add_clock_argument(parser)
     args = parser.parse_args()
+    use_clock(args.clock)
+    if args.conv:
+        torch.set_num_threads(1)
+        return conv_table(args.repeats)
     rollout = NUM_ENVS * PPO["n_steps"]
     steps = -(-args.steps // rollout) * rollout
     torch.set_num_threads(1)

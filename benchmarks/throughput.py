@@ -14,12 +14,21 @@ Prints env-steps/s for both and the ratio.
 from __future__ import annotations
 
 import argparse
-import time
 from functools import partial
 
 import gymnasium as gym
 import torch
-from throughput_common import as_overrides, compare, print_row, print_table_header, time_gbmr, warm_up
+from throughput_common import (
+    add_clock_argument,
+    as_overrides,
+    clock,
+    compare,
+    print_row,
+    print_table_header,
+    time_gbmr,
+    use_clock,
+    warm_up,
+)
 
 from gbmr.envs import make_env
 
@@ -41,7 +50,7 @@ def time_sb3(env_id: str, steps: int) -> float:
     from stable_baselines3 import DQN
 
     d = SB3_DQN_DEFAULTS
-    start = time.perf_counter()  # like ours, the clock includes making the env and the agent
+    start = clock()  # like ours, the clock includes making the env and the agent
     env = gym.wrappers.FlattenObservation(make_env(env_id, seed=0))
     model = DQN(
         "MlpPolicy", env, learning_rate=d["lr"], buffer_size=d["buffer_size"], learning_starts=d["learning_starts"],
@@ -52,7 +61,7 @@ def time_sb3(env_id: str, steps: int) -> float:
         policy_kwargs=dict(net_arch=list(d["hidden"])), seed=0, device="cpu", verbose=0,
     )
     model.learn(total_timesteps=steps)
-    return steps / (time.perf_counter() - start)
+    return steps / (clock() - start)
 
 
 def main() -> None:
@@ -60,7 +69,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--envs", nargs="+", default=["CartPole-v1", "MinAtar/Breakout-v1"])
+    add_clock_argument(parser)
     args = parser.parse_args()
+    use_clock(args.clock)
     torch.set_num_threads(1)
     print(f"DQN, {args.steps} env steps, SB3 default hyperparameters, 1 torch thread, best of {args.repeats}\n")
     print_table_header()

@@ -72,6 +72,32 @@ def test_minatar_episode_does_not_depend_on_previous_one() -> None:
     assert all(np.array_equal(a, b) for a, b in zip(obs_used, obs_fresh, strict=True))
 
 
+@pytest.mark.parametrize("game", ["Breakout", "Asterix", "Freeway"])
+def test_minatar_seeded_episodes_equal_minatars_own_seeding(game: str) -> None:
+    """The in-place reseed plays the games MinAtar's own seed() would (rules and sticky actions alike)."""
+    from minatar.gym import register_envs
+
+    register_envs()
+    ours = make_env(f"MinAtar/{game}-v1", seed=0, sticky_action_prob=0.3)
+    reference = gym.make(f"MinAtar/{game}-v1", sticky_action_prob=0.3)
+    rng = np.random.default_rng(0)
+    for seed in (7, 8):
+        reference.unwrapped.game.last_action = 0
+        obs, _ = ours.reset(seed=seed)
+        ref_obs, _ = reference.reset(seed=seed)
+        steps = [(obs, ref_obs, 0.0, 0.0)]
+        for _ in range(60):
+            action = int(rng.integers(ours.action_space.n))
+            obs, reward, terminated, _, _ = ours.step(action)
+            ref_obs, ref_reward, ref_terminated, _, _ = reference.step(action)
+            steps.append((obs, ref_obs, reward, ref_reward))
+            if terminated or ref_terminated:
+                assert terminated and ref_terminated
+                break
+        for obs, ref_obs, reward, ref_reward in steps:
+            assert np.array_equal(obs, np.moveaxis(ref_obs, 2, 0)) and reward == ref_reward
+
+
 def test_vector_env_reset_mask() -> None:
     vec = make_vector_env("CartPole-v1", 2)
     assert vec.autoreset_mode == gym.vector.AutoresetMode.DISABLED and len(vec.envs) == 2

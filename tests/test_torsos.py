@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gbmr.core.errors import GbmrError
-from gbmr.nets.torsos import Concat, Scale, make_torso
+from gbmr.nets.torsos import Concat, Scale, SmallBatchConv2d, make_torso
 
 ATARI = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
 MINATAR = gym.spaces.Box(0, 1, (4, 10, 10), np.uint8)
@@ -138,4 +138,21 @@ def test_activation_of_the_fully_connected_layers():
     default, _ = make_torso("mlp", VECTOR, (8, 8))
     assert [type(layer) for layer in default].count(nn.ReLU) == 2
     cnn, _ = make_torso("cnn", MINATAR, (8,), activation=nn.Tanh)
-    assert [type(layer) for layer in cnn] == [Scale, nn.Conv2d, nn.ReLU, nn.Flatten, nn.Linear, nn.Tanh]
+    assert [type(layer) for layer in cnn] == [Scale, SmallBatchConv2d, nn.ReLU, nn.Flatten, nn.Linear, nn.Tanh]
+
+
+def test_small_batch_conv_matches_conv2d_in_both_paths() -> None:
+    """The native path for small inference batches gives nn.Conv2d's outputs; training batches and gradients
+    go through nn.Conv2d itself."""
+    torch.manual_seed(0)
+    conv = SmallBatchConv2d(4, 16, 3)
+    reference = torch.nn.Conv2d(4, 16, 3)
+    reference.load_state_dict(conv.state_dict())
+    for batch in (1, 4, SmallBatchConv2d.SMALL_BATCH, 64):
+        x = torch.rand(batch, 4, 10, 10)
+        with torch.inference_mode():
+            assert torch.allclose(conv(x), reference(x), atol=1e-6)
+    x = torch.rand(4, 4, 10, 10)
+    conv(x).square().sum().backward()
+    reference(x).square().sum().backward()
+    assert torch.allclose(conv.weight.grad, reference.weight.grad, atol=1e-5)

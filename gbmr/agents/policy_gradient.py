@@ -236,13 +236,13 @@ class PolicyGradientAgent(Agent):
         cut = truncated & ~terminated  # a time limit: the state had a future, so its value is bootstrapped
         last_row = self.storage.size == self.storage.capacity - 1
         next_values = self.state_value(next_obs) if cut.any() or last_row else None
-        bootstrap = torch.zeros(self.num_envs, device=self.device)
+        bootstrap: torch.Tensor | float = 0.0  # the storage fills a row from a scalar
         if cut.any():
             cut_t = torch.as_tensor(cut, device=self.device)
-            bootstrap[cut_t] = next_values[cut_t]
-        dones = torch.as_tensor(terminated | truncated, device=self.device)
-        self.storage.add(**pending, rewards=torch.as_tensor(rewards, dtype=torch.float32, device=self.device),
-                         dones=dones, bootstrap=bootstrap)
+            bootstrap = torch.where(cut_t, next_values, 0.0)
+        dones = torch.from_numpy(terminated | truncated).to(self.device)
+        self.storage.add(**pending, rewards=torch.from_numpy(np.asarray(rewards)).to(self.device), dones=dones,
+                         bootstrap=bootstrap)
         self.acting_state = self.policy.episode_ends(self.acting_state, dones)
         self.steps += self.num_envs
         if last_row:

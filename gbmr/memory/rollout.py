@@ -104,7 +104,8 @@ class RolloutStorage:
     def full(self) -> bool:
         return self.size == self.capacity
 
-    def add(self, **row: torch.Tensor) -> None:
+    def add(self, **row: torch.Tensor | float) -> None:
+        """Write the next row; a field given as a tensor of another dtype is cast, as a scalar filled."""
         if self.full:
             raise RuntimeError("rollout storage is full; learn from it and clear it first")
         for name, value in row.items():
