@@ -85,18 +85,19 @@ def test_squashed_log_prob_is_the_change_of_variables():
 
 def test_sac_critic_step_regresses_each_critic_on_the_soft_target():
     agent = make(SACAgent, SACConfig(hidden=(8,), learning_starts=0))
+    learner = agent.learner
     obs, actions, returns, next_obs, discounts = batch()
-    state = agent.generator.get_state()
-    noise = torch.randn(5, 2, generator=agent.generator)
-    agent.generator.set_state(state)
+    state = learner.generator.get_state()
+    noise = torch.randn(5, 2, generator=learner.generator)
+    learner.generator.set_state(state)
     with torch.no_grad():  # the target by plain formulas: each target critic separately, then the min
-        next_u, next_log_pi = agent.actor.sample(next_obs, noise)
+        next_u, next_log_pi = learner.actor.sample(next_obs, noise)
         x = torch.cat((next_obs, next_u), 1)
-        q1, q2 = member(agent.critic_target, 0, x), member(agent.critic_target, 1, x)
+        q1, q2 = member(learner.critic_target, 0, x), member(learner.critic_target, 1, x)
         y = returns + discounts * (torch.minimum(q1, q2) - 1.0 * next_log_pi)  # alpha starts at 1
         xa = torch.cat((obs, actions), 1)
-        expected = ((member(agent.critic, 0, xa) - y) ** 2).mean() + ((member(agent.critic, 1, xa) - y) ** 2).mean()
-    metrics = agent._critic_step(obs, actions, returns, next_obs, discounts)[0]
+        expected = ((member(learner.critic, 0, xa) - y) ** 2).mean() + ((member(learner.critic, 1, xa) - y) ** 2).mean()
+    metrics = learner._critic_step(obs, actions, returns, next_obs, discounts)[0]
     assert metrics["qf_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -111,42 +112,46 @@ def test_td3_target_smoothing_clip_and_target_by_hand():
 
 def test_td3_critic_loss_uses_smoothed_target_actions():
     agent = make(TD3Agent, TD3Config(hidden=(8,), learning_starts=0, policy_frequency=1000))
+    learner = agent.learner
     obs, actions, returns, next_obs, discounts = batch()
-    state = agent.generator.get_state()
-    noise = torch.randn(5, 2, generator=agent.generator)
-    agent.generator.set_state(state)
+    state = learner.generator.get_state()
+    noise = torch.randn(5, 2, generator=learner.generator)
+    learner.generator.set_state(state)
     with torch.no_grad():
-        next_u = (agent.actor_target(next_obs) + (0.2 * noise).clamp(-0.5, 0.5)).clamp(-1, 1)
+        next_u = (learner.actor_target(next_obs) + (0.2 * noise).clamp(-0.5, 0.5)).clamp(-1, 1)
         x = torch.cat((next_obs, next_u), 1)
-        y = returns + discounts * torch.minimum(member(agent.critic_target, 0, x), member(agent.critic_target, 1, x))
+        target = learner.critic_target
+        y = returns + discounts * torch.minimum(member(target, 0, x), member(target, 1, x))
         xa = torch.cat((obs, actions), 1)
-        expected = ((member(agent.critic, 0, xa) - y) ** 2).mean() + ((member(agent.critic, 1, xa) - y) ** 2).mean()
-    agent.updates = 1  # not an actor step
-    metrics = agent.gradient_step(obs, actions, returns, next_obs, discounts)
+        expected = ((member(learner.critic, 0, xa) - y) ** 2).mean() + ((member(learner.critic, 1, xa) - y) ** 2).mean()
+    learner.updates = 1  # not an actor step
+    metrics = learner.gradient_step(obs, actions, returns, next_obs, discounts)
     assert metrics["qf_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize(("cls", "config"), [(TD3Agent, TD3Config), (DDPGAgent, DDPGConfig)])
 def test_actor_and_targets_move_every_policy_frequency_critic_updates(cls, config):
     agent = make(cls, config(hidden=(8,), learning_starts=0, policy_frequency=3))
+    learner = agent.learner
     for t in range(7):
-        actor_before = [p.clone() for p in agent.actor.parameters()]
-        target_before = [p.clone() for p in agent.critic_target.parameters()]
-        agent.gradient_step(*batch(seed=t))
-        agent.updates += 1
-        actor_moved = any(not torch.equal(a, p) for a, p in zip(actor_before, agent.actor.parameters(), strict=True))
+        actor_before = [p.clone() for p in learner.actor.parameters()]
+        target_before = [p.clone() for p in learner.critic_target.parameters()]
+        learner.gradient_step(*batch(seed=t))
+        learner.updates += 1
+        actor_moved = any(not torch.equal(a, p) for a, p in zip(actor_before, learner.actor.parameters(), strict=True))
         target_moved = any(not torch.equal(a, p) for a, p in
-                           zip(target_before, agent.critic_target.parameters(), strict=True))
+                           zip(target_before, learner.critic_target.parameters(), strict=True))
         assert actor_moved == target_moved == (t % 3 == 0), t
-    assert agent.actor_updates == 3  # updates 0, 3 and 6
+    assert learner.actor_updates == 3  # updates 0, 3 and 6
 
 
 def test_ddpg_has_one_critic_and_no_smoothing():
     agent = make(DDPGAgent, DDPGConfig(hidden=(8,), learning_starts=0))
-    assert agent.critic.n == 1
-    state = agent.generator.get_state()
-    agent.gradient_step(*batch())
-    assert torch.equal(agent.generator.get_state(), state)  # no smoothing noise drawn
+    learner = agent.learner
+    assert learner.critic.n == 1
+    state = learner.generator.get_state()
+    learner.gradient_step(*batch())
+    assert torch.equal(learner.generator.get_state(), state)  # no smoothing noise drawn
 
 
 # ---------------------------------------------------------------------------------------------- action scaling
@@ -204,8 +209,8 @@ SMALL_SAC = ["--algo", "sac", "--env", "Pendulum-v1", "--seed", "2", "--total-st
 def test_sac_resumes_exactly_after_kills(tmp_path, one_thread):
     reference, run = assert_resume_equals_uninterrupted(SMALL_SAC, tmp_path, 1200)
     ours, theirs = RunDir(run).load_checkpoint()["agent"], RunDir(reference).load_checkpoint()["agent"]
-    for key, value in theirs["actor"].items():
-        assert torch.equal(ours["actor"][key], value), key
+    for key, value in theirs["learner"]["actor"].items():
+        assert torch.equal(ours["learner"]["actor"][key], value), key
 
 
 def test_discrete_sac_runs_on_cartpole(tmp_path, one_thread):
@@ -296,15 +301,16 @@ def test_mujoco_hopper_runs_when_installed(tmp_path, one_thread):
 def test_sac_temperature_step_follows_the_loss_gradient():
     """The agent sets d loss / d log alpha to the loss itself (exact: the loss is -alpha x a constant)."""
     agent = make(SACAgent, SACConfig(hidden=(8,), learning_starts=0))
-    log_alpha = agent.temperature.log_alpha.detach().clone().requires_grad_(True)
+    learner = agent.learner
+    log_alpha = learner.temperature.log_alpha.detach().clone().requires_grad_(True)
     obs = batch()[0]
-    state = agent.generator.get_state()
+    state = learner.generator.get_state()
     with torch.no_grad():
-        _, log_pi = agent.actor.sample(obs, torch.randn(5, 2, generator=agent.generator))
-    agent.generator.set_state(state)
-    temperature_loss(log_alpha, log_pi, agent.target_entropy).backward()
+        _, log_pi = learner.actor.sample(obs, torch.randn(5, 2, generator=learner.generator))
+    learner.generator.set_state(state)
+    temperature_loss(log_alpha, log_pi, learner.target_entropy).backward()
     reference = torch.optim.Adam([log_alpha], lr=agent.config.q_lr)
     reference.step()
-    agent._actor_step(obs)
-    assert agent.temperature.log_alpha.item() == pytest.approx(log_alpha.item(), abs=1e-7)
-    assert agent.temperature.log_alpha.item() != 0.0
+    learner._actor_step(obs)
+    assert learner.temperature.log_alpha.item() == pytest.approx(log_alpha.item(), abs=1e-7)
+    assert learner.temperature.log_alpha.item() != 0.0
