@@ -12,14 +12,18 @@ import torch
 from run_helpers import assert_resume_equals_uninterrupted, read_rows
 
 from gbmr.agents.ddpg import DDPGAgent, DDPGConfig
-from gbmr.agents.sac import SACAgent, SACConfig, discrete_soft_q_target, soft_q_target, temperature_loss
-from gbmr.agents.td3 import TD3Agent, TD3Config, clipped_double_q_target, smoothed_target_actions
+from gbmr.agents.off_policy_ac import EXPLORE_STREAM
+from gbmr.agents.sac import SACAgent, SACConfig, SACPolicy, discrete_soft_q_target, soft_q_target, temperature_loss
+from gbmr.agents.td3 import DeterministicPolicy, TD3Agent, TD3Config, clipped_double_q_target, smoothed_target_actions
 from gbmr.cli import main
+from gbmr.config import RunConfig
 from gbmr.core.errors import GbmrError
 from gbmr.core.run_dir import RunDir
+from gbmr.core.seeding import derive_seed
 from gbmr.nets.action_scaling import BoxScaling
 from gbmr.nets.continuous import CriticEnsemble, squashed_sample
 from gbmr.nets.policies import GaussianHead
+from gbmr.runners.distributed import RolloutActor
 
 OBS = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 ACT = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))
@@ -198,6 +202,71 @@ def test_wrong_action_spaces_are_refused(algo, action_space, message):
         agent_class(algo).check_spaces(OBS, action_space)
     with pytest.raises(GbmrError, match="Box observation"):
         agent_class(algo).check_spaces(gym.spaces.Discrete(4), ACT)
+
+
+# ---------------------------------------------------------------------------------------------- the Policy
+def test_ou_noise_is_per_env_policy_state_restarted_by_episode_ends():
+    """Two OU steps by hand from each env's own stream, the actions mu(s) + x clipped; episode_ends zeroes the
+    ended envs' processes only."""
+    config = TD3Config(hidden=(8,), learning_starts=0, noise_type="ou", exploration_noise=0.3)
+    policy = DeterministicPolicy(config, OBS, ACT, 2, CPU, 7)
+    obs = np.array([[0.1, -0.2, 0.3], [0.5, 0.0, -0.5]], np.float32)
+    state = policy.initial_state(2)
+    assert torch.equal(state["ou"], torch.zeros(2, 2))
+    streams = [np.random.default_rng(derive_seed(7, EXPLORE_STREAM, i)) for i in (0, 1)]
+    scale = 0.3 * math.sqrt(0.01)
+    x = np.zeros((2, 2))
+    for _ in range(2):  # x <- x - theta x dt + sigma sqrt(dt) N(0, 1)
+        x = x - 0.15 * x * 0.01 + scale * np.stack([r.standard_normal(2, dtype=np.float32) for r in streams])
+        actions, state, extras = policy.act(torch.from_numpy(obs), state, explore=True)
+        assert np.allclose(state["ou"].numpy(), x, atol=1e-6) and extras == {}
+        mu = policy.actor(torch.from_numpy(obs)).detach().numpy()
+        assert np.allclose(BoxScaling(ACT).from_env(actions.numpy()), np.clip(mu + x, -1, 1), atol=1e-5)
+    state = policy.episode_ends(state, torch.tensor([False, True]))
+    assert np.allclose(state["ou"][0].numpy(), x[0], atol=1e-6) and torch.equal(state["ou"][1], torch.zeros(2))
+    greedy, _, _ = policy.act(torch.from_numpy(obs), state, explore=False)
+    assert np.allclose(BoxScaling(ACT).from_env(greedy.numpy()), mu, atol=1e-5)  # greedy: mu(s), no noise
+
+
+@pytest.mark.parametrize(("algo", "env_id", "options"), [
+    ("sac", "Pendulum-v1", {}), ("sac", "CartPole-v1", {}), ("td3", "Pendulum-v1", {"noise_type": "ou"}),
+])
+def test_a_distributed_actor_acts_through_the_policy_alone_as_the_agent(algo, env_id, options):
+    """An actor holding envs 2-3 of 4 builds only the Policy (no learner, no replay) and, given the learner's
+    weights, takes the actions a whole agent takes on those envs' streams: warm-up draws, then the actor's with
+    their noise (TD3's OU process restarted where Pendulum's 200-step episodes end). (The agent acts on 2 envs:
+    a batch of 4 rounds the actor's matmuls differently in the last bit.)"""
+    from gbmr.agents import agent_class
+
+    cls = agent_class(algo)
+    config = RunConfig(algo=algo, env=env_id, seed=4, total_steps=10_000, num_envs=4,
+                       agent=cls.Config(hidden=(16,), learning_starts=100, **options))
+    actor = RolloutActor(config.to_dict(), [2, 3], None)
+    assert actor.agent is None and isinstance(actor.policy, SACPolicy if algo == "sac" else DeterministicPolicy)
+    env = gym.make(env_id)
+    agent = cls(config.agent, env.observation_space, env.action_space, 2, CPU, 4, 10_000)
+    agent.policy.assign_envs(np.array([2, 3]))
+    batch = actor.collect(agent.policy_weights(), 0, 210, start_step=0)["batch"]
+    for t in range(210):
+        agent.follow_schedule(4 * t)
+        assert np.array_equal(agent.act(batch["obs"][t]), batch["actions"][t]), t
+        dones = torch.from_numpy(batch["terminated"][t] | batch["truncated"][t])
+        agent.acting_state = agent.policy.episode_ends(agent.acting_state, dones)
+    assert agent.steps >= 100 and (algo != "td3" or batch["truncated"].any())  # the actor acted, episodes ended
+
+
+def test_a_replacement_actor_goes_on_with_the_ou_state_it_was_given():
+    """An actor's state carries its Policy's per-env OU processes: a replacement started from it acts on."""
+    config = RunConfig(algo="ddpg", env="Pendulum-v1", seed=3, total_steps=1000, num_envs=1,
+                       agent=DDPGConfig(hidden=(8,), learning_starts=0, noise_type="ou"))
+    first = RolloutActor(config.to_dict(), [0], None)
+    env = gym.make("Pendulum-v1")
+    weights = DDPGAgent(config.agent, env.observation_space, env.action_space, 1, CPU, 3, 1000).policy_weights()
+    state = first.collect(weights, 0, 30, start_step=0)["state"]
+    assert state["acting_state"]["ou"].abs().sum() > 0
+    replacement = RolloutActor(config.to_dict(), [0], state)
+    ahead, again = first.collect(weights, 1, 20, 30)["batch"], replacement.collect(weights, 1, 20, 30)["batch"]
+    assert np.array_equal(ahead["actions"], again["actions"])
 
 
 # ---------------------------------------------------------------------------------------------- runs
