@@ -113,7 +113,8 @@ def _transitions(steps: list[tuple]) -> dict[str, np.ndarray]:
 
 
 class RolloutActor:
-    """One Ray actor: a slice of the run's envs, its collector and a copy of the agent for acting."""
+    """One Ray actor: a slice of the run's envs, its collector and, for acting, the agent's Policy with its
+    per-env state (agents with ``make_policy``) or else a copy of the agent."""
 
     def __init__(self, config: dict[str, Any], env_ids: list[int], state: dict[str, Any] | None) -> None:
         cfg = config_from_dict(config, agent_class(config["algo"]).Config)
