@@ -64,6 +64,24 @@ def test_discrete_sac_on_frames_shapes_and_acting():
     assert set(agent.policy_weights()) >= {"encoder.1.weight", "actor.out.weight"}  # distributed actors get both
 
 
+@pytest.mark.parametrize(("cls", "action_space"), [(SACAgent, DISCRETE), (SACAgent, BOX), (TD3Agent, BOX)])
+def test_the_policy_alone_acts_as_the_agent_with_the_encoder_in_its_weights(cls, action_space):
+    """A remote actor's Policy (make_policy) given the agent's weights acts as the agent on frames: the CNN
+    travels in the weights (without it the fresh encoder's features differ)."""
+    config = (SACConfig if cls is SACAgent else TD3Config)(hidden=(8,), features=16, learning_starts=0)
+    agent = make(cls, config, action_space)
+    policy = cls.make_policy(config, FRAMES, action_space, CPU, 0, 1000)
+    policy.assign_envs(np.arange(2))
+    obs = frames(2, 7)
+    assert not torch.equal(policy.encoder(obs), agent.policy.encoder(obs))
+    policy.load_weights(agent.policy_weights())
+    assert torch.equal(policy.encoder(obs), agent.policy.encoder(obs))
+    state = policy.initial_state(2)
+    for explore in (True, True, False):
+        actions, state, _ = policy.act(obs, state, explore)
+        assert np.array_equal(actions.numpy(), agent.act(obs.numpy(), explore))
+
+
 def test_discrete_sac_critic_target_through_the_target_encoder_by_hand():
     agent = make(SACAgent, SACConfig(hidden=(), features=16, learning_starts=0), DISCRETE)
     learner = agent.learner
