@@ -1,8 +1,9 @@
 """N Ray actors step the environments with copies of the policy; one learner (this process) trains.
 
 Actor k holds envs [k*M, (k+1)*M) of the run's N = actors * M and steps them with a collector seeded by those
-global indices, acting with a copy of the agent whose weights come from one Ray object-store put per policy
-version. What an actor sends depends on the agent (``Agent.distributed``):
+global indices, acting with the agent's Policy alone (agents with ``make_policy``: DQN, GBMR-DQN, SAC, TD3,
+DDPG) or else a copy of the agent, whose weights come from one Ray object-store put per policy version. What
+an actor sends depends on the agent (``Agent.distributed``):
 
 - on-policy (PPO, A2C, ...): its [T, M] slice of the rollout (log pi and V included, and the bootstrap values),
   which the learner joins into the [T, N] rollout it learns from;
