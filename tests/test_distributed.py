@@ -140,7 +140,7 @@ def test_sac_runs_async_on_slices(tmp_path):
     assert checkpoint["runner"]["step"] == 600
     observed = sum(50 for r in distributed_rows(run) if not r["dropped"])
     assert checkpoint["agent"]["counters"]["steps"] == observed >= 500
-    assert checkpoint["agent"]["counters"]["updates"] > 0
+    assert checkpoint["agent"]["learner"]["updates"] > 0
 
 
 def test_dqn_async_with_n_step_returns_and_frame_stacks(tmp_path):

@@ -55,27 +55,47 @@ def moved(before, module):
 
 def test_discrete_sac_on_frames_shapes_and_acting():
     agent = make(SACAgent, SACConfig(hidden=(), features=32, learning_starts=0), DISCRETE)
-    features = agent.encode(frames(5, 0))
-    assert agent.encoder is not None and features.shape == (5, 32)
-    assert agent.critic(features).shape == (2, 5, 3) and agent.actor(features).shape == (5, 3)
+    learner = agent.learner
+    features = learner.encode(frames(5, 0))
+    assert learner.encoder is not None and features.shape == (5, 32)
+    assert learner.critic(features).shape == (2, 5, 3) and learner.actor(features).shape == (5, 3)
     actions = agent.act(frames(2, 1).numpy())
     assert actions.shape == (2,) and set(actions.tolist()) <= {0, 1, 2}
     assert set(agent.policy_weights()) >= {"encoder.1.weight", "actor.out.weight"}  # distributed actors get both
 
 
+@pytest.mark.parametrize(("cls", "action_space"), [(SACAgent, DISCRETE), (SACAgent, BOX), (TD3Agent, BOX)])
+def test_the_policy_alone_acts_as_the_agent_with_the_encoder_in_its_weights(cls, action_space):
+    """A remote actor's Policy (make_policy) given the agent's weights acts as the agent on frames: the CNN
+    travels in the weights (without it the fresh encoder's features differ)."""
+    config = (SACConfig if cls is SACAgent else TD3Config)(hidden=(8,), features=16, learning_starts=0)
+    agent = make(cls, config, action_space)
+    policy = cls.make_policy(config, FRAMES, action_space, CPU, 0, 1000)
+    policy.assign_envs(np.arange(2))
+    obs = frames(2, 7)
+    assert not torch.equal(policy.encoder(obs), agent.policy.encoder(obs))
+    policy.load_weights(agent.policy_weights())
+    assert torch.equal(policy.encoder(obs), agent.policy.encoder(obs))
+    state = policy.initial_state(2)
+    for explore in (True, True, False):
+        actions, state, _ = policy.act(obs, state, explore)
+        assert np.array_equal(actions.numpy(), agent.act(obs.numpy(), explore))
+
+
 def test_discrete_sac_critic_target_through_the_target_encoder_by_hand():
     agent = make(SACAgent, SACConfig(hidden=(), features=16, learning_starts=0), DISCRETE)
+    learner = agent.learner
     obs, actions, returns, next_obs, discounts = image_batch()
     with torch.no_grad():
-        agent.encoder_target[1].bias.add_(0.5)  # target encoder != online encoder: the target must use the former
-        next_q = torch.minimum(member(agent.critic_target, 0, agent.encoder_target(next_obs)),
-                               member(agent.critic_target, 1, agent.encoder_target(next_obs)))
-        probs = torch.softmax(agent.actor(agent.encoder(next_obs)), -1)  # the online actor at s'
+        learner.encoder_target[1].bias.add_(0.5)  # target encoder != online encoder: the target must use the former
+        next_q = torch.minimum(member(learner.critic_target, 0, learner.encoder_target(next_obs)),
+                               member(learner.critic_target, 1, learner.encoder_target(next_obs)))
+        probs = torch.softmax(learner.actor(learner.encoder(next_obs)), -1)  # the online actor at s'
         y = returns + discounts * (probs * (next_q - 1.0 * probs.log())).sum(-1)  # alpha starts at 1
-        f = agent.encoder(obs)
-        q = [member(agent.critic, j, f)[torch.arange(4), actions] for j in (0, 1)]
+        f = learner.encoder(obs)
+        q = [member(learner.critic, j, f)[torch.arange(4), actions] for j in (0, 1)]
         expected = ((q[0] - y) ** 2).mean() + ((q[1] - y) ** 2).mean()
-    metrics, _ = agent._critic_step(obs, actions, returns, next_obs, discounts)
+    metrics, _ = learner._critic_step(obs, actions, returns, next_obs, discounts)
     assert metrics["qf_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -84,34 +104,36 @@ def test_updates_train_the_encoder_by_the_critic_loss_only(cls):
     config = (SACConfig if cls is SACAgent else TD3Config)(hidden=(8,), features=16, learning_starts=0,
                                                            policy_frequency=1)
     agent = make(cls, config, DISCRETE if cls is SACAgent else BOX)
-    encoder, actor, target = snapshot(agent.encoder), snapshot(agent.actor), snapshot(agent.encoder_target)
-    agent._actor_step(agent.encode(frames(4, 3)).detach())
-    assert moved(actor, agent.actor) and not moved(encoder, agent.encoder)  # the actor's loss stops at features
+    learner = agent.learner
+    encoder, actor, target = snapshot(learner.encoder), snapshot(learner.actor), snapshot(learner.encoder_target)
+    learner._actor_step(learner.encode(frames(4, 3)).detach())
+    assert moved(actor, learner.actor) and not moved(encoder, learner.encoder)  # the actor's loss stops at features
     for t in range(3):
-        agent.gradient_step(*image_batch(discrete=cls is SACAgent, seed=t))
-        agent.updates += 1
-    assert moved(encoder, agent.encoder) and moved(target, agent.encoder_target)  # Polyak follows the encoder
-    assert all(torch.isfinite(p).all() for p in agent.encoder.parameters())
+        learner.gradient_step(*image_batch(discrete=cls is SACAgent, seed=t))
+        learner.updates += 1
+    assert moved(encoder, learner.encoder) and moved(target, learner.encoder_target)  # Polyak follows the encoder
+    assert all(torch.isfinite(p).all() for p in learner.encoder.parameters())
 
 
 def test_td3_on_frames_target_by_hand_and_actions_in_bounds():
     agent = make(TD3Agent, TD3Config(hidden=(8,), features=16, learning_starts=0, policy_frequency=1000), BOX)
-    assert agent.critic.weights[0].shape == (2, 16 + 2, 8)  # the action joins after the CNN
+    learner = agent.learner
+    assert learner.critic.weights[0].shape == (2, 16 + 2, 8)  # the action joins after the CNN
     obs, actions, returns, next_obs, discounts = image_batch(discrete=False)
-    state = agent.generator.get_state()
-    noise = torch.randn(4, 2, generator=agent.generator)
-    agent.generator.set_state(state)
+    state = learner.generator.get_state()
+    noise = torch.randn(4, 2, generator=learner.generator)
+    learner.generator.set_state(state)
     with torch.no_grad():
-        agent.encoder_target[1].bias.add_(0.5)
-        next_f = agent.encoder_target(next_obs)
-        next_u = (agent.actor_target(next_f) + (0.2 * noise).clamp(-0.5, 0.5)).clamp(-1, 1)
+        learner.encoder_target[1].bias.add_(0.5)
+        next_f = learner.encoder_target(next_obs)
+        next_u = (learner.actor_target(next_f) + (0.2 * noise).clamp(-0.5, 0.5)).clamp(-1, 1)
         x = torch.cat((next_f, next_u), 1)
-        y = returns + discounts * torch.minimum(member(agent.critic_target, 0, x), member(agent.critic_target, 1, x)
+        y = returns + discounts * torch.minimum(member(learner.critic_target, 0, x), member(learner.critic_target, 1, x)
                                                 ).squeeze(-1)
-        xa = torch.cat((agent.encoder(obs), actions), 1)
-        expected = sum(((member(agent.critic, j, xa).squeeze(-1) - y) ** 2).mean() for j in (0, 1))
-    agent.updates = 1  # not an actor step
-    assert agent.gradient_step(obs, actions, returns, next_obs, discounts)["qf_loss"].item() == pytest.approx(
+        xa = torch.cat((learner.encoder(obs), actions), 1)
+        expected = sum(((member(learner.critic, j, xa).squeeze(-1) - y) ** 2).mean() for j in (0, 1))
+    learner.updates = 1  # not an actor step
+    assert learner.gradient_step(obs, actions, returns, next_obs, discounts)["qf_loss"].item() == pytest.approx(
         expected.item(), rel=1e-5)
     acted = agent.act(frames(2, 5).numpy())
     assert acted.shape == (2, 2) and np.all(np.abs(acted) <= 1.0)

@@ -12,14 +12,18 @@ import torch
 from run_helpers import assert_resume_equals_uninterrupted, read_rows
 
 from gbmr.agents.ddpg import DDPGAgent, DDPGConfig
-from gbmr.agents.sac import SACAgent, SACConfig, discrete_soft_q_target, soft_q_target, temperature_loss
-from gbmr.agents.td3 import TD3Agent, TD3Config, clipped_double_q_target, smoothed_target_actions
+from gbmr.agents.off_policy_ac import EXPLORE_STREAM
+from gbmr.agents.sac import SACAgent, SACConfig, SACPolicy, discrete_soft_q_target, soft_q_target, temperature_loss
+from gbmr.agents.td3 import DeterministicPolicy, TD3Agent, TD3Config, clipped_double_q_target, smoothed_target_actions
 from gbmr.cli import main
+from gbmr.config import RunConfig
 from gbmr.core.errors import GbmrError
 from gbmr.core.run_dir import RunDir
+from gbmr.core.seeding import derive_seed
 from gbmr.nets.action_scaling import BoxScaling
 from gbmr.nets.continuous import CriticEnsemble, squashed_sample
 from gbmr.nets.policies import GaussianHead
+from gbmr.runners.distributed import RolloutActor
 
 OBS = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 ACT = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 10.0], np.float32))
@@ -85,18 +89,19 @@ def test_squashed_log_prob_is_the_change_of_variables():
 
 def test_sac_critic_step_regresses_each_critic_on_the_soft_target():
     agent = make(SACAgent, SACConfig(hidden=(8,), learning_starts=0))
+    learner = agent.learner
     obs, actions, returns, next_obs, discounts = batch()
-    state = agent.generator.get_state()
-    noise = torch.randn(5, 2, generator=agent.generator)
-    agent.generator.set_state(state)
+    state = learner.generator.get_state()
+    noise = torch.randn(5, 2, generator=learner.generator)
+    learner.generator.set_state(state)
     with torch.no_grad():  # the target by plain formulas: each target critic separately, then the min
-        next_u, next_log_pi = agent.actor.sample(next_obs, noise)
+        next_u, next_log_pi = learner.actor.sample(next_obs, noise)
         x = torch.cat((next_obs, next_u), 1)
-        q1, q2 = member(agent.critic_target, 0, x), member(agent.critic_target, 1, x)
+        q1, q2 = member(learner.critic_target, 0, x), member(learner.critic_target, 1, x)
         y = returns + discounts * (torch.minimum(q1, q2) - 1.0 * next_log_pi)  # alpha starts at 1
         xa = torch.cat((obs, actions), 1)
-        expected = ((member(agent.critic, 0, xa) - y) ** 2).mean() + ((member(agent.critic, 1, xa) - y) ** 2).mean()
-    metrics = agent._critic_step(obs, actions, returns, next_obs, discounts)[0]
+        expected = ((member(learner.critic, 0, xa) - y) ** 2).mean() + ((member(learner.critic, 1, xa) - y) ** 2).mean()
+    metrics = learner._critic_step(obs, actions, returns, next_obs, discounts)[0]
     assert metrics["qf_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -111,42 +116,46 @@ def test_td3_target_smoothing_clip_and_target_by_hand():
 
 def test_td3_critic_loss_uses_smoothed_target_actions():
     agent = make(TD3Agent, TD3Config(hidden=(8,), learning_starts=0, policy_frequency=1000))
+    learner = agent.learner
     obs, actions, returns, next_obs, discounts = batch()
-    state = agent.generator.get_state()
-    noise = torch.randn(5, 2, generator=agent.generator)
-    agent.generator.set_state(state)
+    state = learner.generator.get_state()
+    noise = torch.randn(5, 2, generator=learner.generator)
+    learner.generator.set_state(state)
     with torch.no_grad():
-        next_u = (agent.actor_target(next_obs) + (0.2 * noise).clamp(-0.5, 0.5)).clamp(-1, 1)
+        next_u = (learner.actor_target(next_obs) + (0.2 * noise).clamp(-0.5, 0.5)).clamp(-1, 1)
         x = torch.cat((next_obs, next_u), 1)
-        y = returns + discounts * torch.minimum(member(agent.critic_target, 0, x), member(agent.critic_target, 1, x))
+        target = learner.critic_target
+        y = returns + discounts * torch.minimum(member(target, 0, x), member(target, 1, x))
         xa = torch.cat((obs, actions), 1)
-        expected = ((member(agent.critic, 0, xa) - y) ** 2).mean() + ((member(agent.critic, 1, xa) - y) ** 2).mean()
-    agent.updates = 1  # not an actor step
-    metrics = agent.gradient_step(obs, actions, returns, next_obs, discounts)
+        expected = ((member(learner.critic, 0, xa) - y) ** 2).mean() + ((member(learner.critic, 1, xa) - y) ** 2).mean()
+    learner.updates = 1  # not an actor step
+    metrics = learner.gradient_step(obs, actions, returns, next_obs, discounts)
     assert metrics["qf_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize(("cls", "config"), [(TD3Agent, TD3Config), (DDPGAgent, DDPGConfig)])
 def test_actor_and_targets_move_every_policy_frequency_critic_updates(cls, config):
     agent = make(cls, config(hidden=(8,), learning_starts=0, policy_frequency=3))
+    learner = agent.learner
     for t in range(7):
-        actor_before = [p.clone() for p in agent.actor.parameters()]
-        target_before = [p.clone() for p in agent.critic_target.parameters()]
-        agent.gradient_step(*batch(seed=t))
-        agent.updates += 1
-        actor_moved = any(not torch.equal(a, p) for a, p in zip(actor_before, agent.actor.parameters(), strict=True))
+        actor_before = [p.clone() for p in learner.actor.parameters()]
+        target_before = [p.clone() for p in learner.critic_target.parameters()]
+        learner.gradient_step(*batch(seed=t))
+        learner.updates += 1
+        actor_moved = any(not torch.equal(a, p) for a, p in zip(actor_before, learner.actor.parameters(), strict=True))
         target_moved = any(not torch.equal(a, p) for a, p in
-                           zip(target_before, agent.critic_target.parameters(), strict=True))
+                           zip(target_before, learner.critic_target.parameters(), strict=True))
         assert actor_moved == target_moved == (t % 3 == 0), t
-    assert agent.actor_updates == 3  # updates 0, 3 and 6
+    assert learner.actor_updates == 3  # updates 0, 3 and 6
 
 
 def test_ddpg_has_one_critic_and_no_smoothing():
     agent = make(DDPGAgent, DDPGConfig(hidden=(8,), learning_starts=0))
-    assert agent.critic.n == 1
-    state = agent.generator.get_state()
-    agent.gradient_step(*batch())
-    assert torch.equal(agent.generator.get_state(), state)  # no smoothing noise drawn
+    learner = agent.learner
+    assert learner.critic.n == 1
+    state = learner.generator.get_state()
+    learner.gradient_step(*batch())
+    assert torch.equal(learner.generator.get_state(), state)  # no smoothing noise drawn
 
 
 # ---------------------------------------------------------------------------------------------- action scaling
@@ -195,6 +204,71 @@ def test_wrong_action_spaces_are_refused(algo, action_space, message):
         agent_class(algo).check_spaces(gym.spaces.Discrete(4), ACT)
 
 
+# ---------------------------------------------------------------------------------------------- the Policy
+def test_ou_noise_is_per_env_policy_state_restarted_by_episode_ends():
+    """Two OU steps by hand from each env's own stream, the actions mu(s) + x clipped; episode_ends zeroes the
+    ended envs' processes only."""
+    config = TD3Config(hidden=(8,), learning_starts=0, noise_type="ou", exploration_noise=0.3)
+    policy = DeterministicPolicy(config, OBS, ACT, 2, CPU, 7)
+    obs = np.array([[0.1, -0.2, 0.3], [0.5, 0.0, -0.5]], np.float32)
+    state = policy.initial_state(2)
+    assert torch.equal(state["ou"], torch.zeros(2, 2))
+    streams = [np.random.default_rng(derive_seed(7, EXPLORE_STREAM, i)) for i in (0, 1)]
+    scale = 0.3 * math.sqrt(0.01)
+    x = np.zeros((2, 2))
+    for _ in range(2):  # x <- x - theta x dt + sigma sqrt(dt) N(0, 1)
+        x = x - 0.15 * x * 0.01 + scale * np.stack([r.standard_normal(2, dtype=np.float32) for r in streams])
+        actions, state, extras = policy.act(torch.from_numpy(obs), state, explore=True)
+        assert np.allclose(state["ou"].numpy(), x, atol=1e-6) and extras == {}
+        mu = policy.actor(torch.from_numpy(obs)).detach().numpy()
+        assert np.allclose(BoxScaling(ACT).from_env(actions.numpy()), np.clip(mu + x, -1, 1), atol=1e-5)
+    state = policy.episode_ends(state, torch.tensor([False, True]))
+    assert np.allclose(state["ou"][0].numpy(), x[0], atol=1e-6) and torch.equal(state["ou"][1], torch.zeros(2))
+    greedy, _, _ = policy.act(torch.from_numpy(obs), state, explore=False)
+    assert np.allclose(BoxScaling(ACT).from_env(greedy.numpy()), mu, atol=1e-5)  # greedy: mu(s), no noise
+
+
+@pytest.mark.parametrize(("algo", "env_id", "options"), [
+    ("sac", "Pendulum-v1", {}), ("sac", "CartPole-v1", {}), ("td3", "Pendulum-v1", {"noise_type": "ou"}),
+])
+def test_a_distributed_actor_acts_through_the_policy_alone_as_the_agent(algo, env_id, options):
+    """An actor holding envs 2-3 of 4 builds only the Policy (no learner, no replay) and, given the learner's
+    weights, takes the actions a whole agent takes on those envs' streams: warm-up draws, then the actor's with
+    their noise (TD3's OU process restarted where Pendulum's 200-step episodes end). (The agent acts on 2 envs:
+    a batch of 4 rounds the actor's matmuls differently in the last bit.)"""
+    from gbmr.agents import agent_class
+
+    cls = agent_class(algo)
+    config = RunConfig(algo=algo, env=env_id, seed=4, total_steps=10_000, num_envs=4,
+                       agent=cls.Config(hidden=(16,), learning_starts=100, **options))
+    actor = RolloutActor(config.to_dict(), [2, 3], None)
+    assert actor.agent is None and isinstance(actor.policy, SACPolicy if algo == "sac" else DeterministicPolicy)
+    env = gym.make(env_id)
+    agent = cls(config.agent, env.observation_space, env.action_space, 2, CPU, 4, 10_000)
+    agent.policy.assign_envs(np.array([2, 3]))
+    batch = actor.collect(agent.policy_weights(), 0, 210, start_step=0)["batch"]
+    for t in range(210):
+        agent.follow_schedule(4 * t)
+        assert np.array_equal(agent.act(batch["obs"][t]), batch["actions"][t]), t
+        dones = torch.from_numpy(batch["terminated"][t] | batch["truncated"][t])
+        agent.acting_state = agent.policy.episode_ends(agent.acting_state, dones)
+    assert agent.steps >= 100 and (algo != "td3" or batch["truncated"].any())  # the actor acted, episodes ended
+
+
+def test_a_replacement_actor_goes_on_with_the_ou_state_it_was_given():
+    """An actor's state carries its Policy's per-env OU processes: a replacement started from it acts on."""
+    config = RunConfig(algo="ddpg", env="Pendulum-v1", seed=3, total_steps=1000, num_envs=1,
+                       agent=DDPGConfig(hidden=(8,), learning_starts=0, noise_type="ou"))
+    first = RolloutActor(config.to_dict(), [0], None)
+    env = gym.make("Pendulum-v1")
+    weights = DDPGAgent(config.agent, env.observation_space, env.action_space, 1, CPU, 3, 1000).policy_weights()
+    state = first.collect(weights, 0, 30, start_step=0)["state"]
+    assert state["acting_state"]["ou"].abs().sum() > 0
+    replacement = RolloutActor(config.to_dict(), [0], state)
+    ahead, again = first.collect(weights, 1, 20, 30)["batch"], replacement.collect(weights, 1, 20, 30)["batch"]
+    assert np.array_equal(ahead["actions"], again["actions"])
+
+
 # ---------------------------------------------------------------------------------------------- runs
 SMALL_SAC = ["--algo", "sac", "--env", "Pendulum-v1", "--seed", "2", "--total-steps", "1200", "--no-progress",
              "--set", "learning_starts=300", "--set", "batch_size=16", "--set", "hidden=[16]",
@@ -204,8 +278,8 @@ SMALL_SAC = ["--algo", "sac", "--env", "Pendulum-v1", "--seed", "2", "--total-st
 def test_sac_resumes_exactly_after_kills(tmp_path, one_thread):
     reference, run = assert_resume_equals_uninterrupted(SMALL_SAC, tmp_path, 1200)
     ours, theirs = RunDir(run).load_checkpoint()["agent"], RunDir(reference).load_checkpoint()["agent"]
-    for key, value in theirs["actor"].items():
-        assert torch.equal(ours["actor"][key], value), key
+    for key, value in theirs["learner"]["actor"].items():
+        assert torch.equal(ours["learner"]["actor"][key], value), key
 
 
 def test_discrete_sac_runs_on_cartpole(tmp_path, one_thread):
@@ -296,15 +370,16 @@ def test_mujoco_hopper_runs_when_installed(tmp_path, one_thread):
 def test_sac_temperature_step_follows_the_loss_gradient():
     """The agent sets d loss / d log alpha to the loss itself (exact: the loss is -alpha x a constant)."""
     agent = make(SACAgent, SACConfig(hidden=(8,), learning_starts=0))
-    log_alpha = agent.temperature.log_alpha.detach().clone().requires_grad_(True)
+    learner = agent.learner
+    log_alpha = learner.temperature.log_alpha.detach().clone().requires_grad_(True)
     obs = batch()[0]
-    state = agent.generator.get_state()
+    state = learner.generator.get_state()
     with torch.no_grad():
-        _, log_pi = agent.actor.sample(obs, torch.randn(5, 2, generator=agent.generator))
-    agent.generator.set_state(state)
-    temperature_loss(log_alpha, log_pi, agent.target_entropy).backward()
+        _, log_pi = learner.actor.sample(obs, torch.randn(5, 2, generator=learner.generator))
+    learner.generator.set_state(state)
+    temperature_loss(log_alpha, log_pi, learner.target_entropy).backward()
     reference = torch.optim.Adam([log_alpha], lr=agent.config.q_lr)
     reference.step()
-    agent._actor_step(obs)
-    assert agent.temperature.log_alpha.item() == pytest.approx(log_alpha.item(), abs=1e-7)
-    assert agent.temperature.log_alpha.item() != 0.0
+    learner._actor_step(obs)
+    assert learner.temperature.log_alpha.item() == pytest.approx(log_alpha.item(), abs=1e-7)
+    assert learner.temperature.log_alpha.item() != 0.0

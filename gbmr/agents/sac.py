@@ -10,6 +10,10 @@ defaults (sac_continuous_action.py): actor lr 3e-4, critic and temperature lr 1e
 Discrete (a Discrete action space; CleanRL's sac_atari.py): critics output Q(s, .), expectations over the
 policy's probabilities replace the sampled actions, and the target entropy is ``target_entropy_scale`` x
 log |A|.
+
+``SACPolicy`` acts (a squashed Gaussian sample, or a categorical one; greedy: tanh of the mean, or the argmax),
+``SACLearner`` holds the critics, their targets, the temperature and the optimisers; ``SACAgent`` composes them
+(off_policy_ac.py).
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gbmr.agents.off_policy_ac import OffPolicyActorCritic, OffPolicyConfig, critic_loss
+from gbmr.agents.off_policy_ac import (
+    OffPolicyActorCritic,
+    OffPolicyConfig,
+    OffPolicyLearner,
+    OffPolicyPolicy,
+    critic_loss,
+)
 from gbmr.agents.optim import adam_step
 from gbmr.nets.continuous import CategoricalActor, CriticEnsemble, SquashedGaussianActor
 
@@ -71,19 +81,43 @@ class Temperature(nn.Module):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha), dtype=torch.float32))
 
 
-class SACAgent(OffPolicyActorCritic):
-    Config = SACConfig
-    metric_names = ("qf_loss", "q_mean", "actor_loss", "alpha", "alpha_loss", "entropy")
-    discrete_ok = True
+class SACPolicy(OffPolicyPolicy):
+    """Samples the squashed Gaussian with each env's normal noise, or the categorical by Gumbel-max with its
+    exponential noise; greedy, tanh(mean) or argmax."""
+
+    def make_actor(self) -> nn.Module:
+        if self.discrete:
+            return CategoricalActor(self.feature_dim, self.action_dim, self.config.hidden)
+        return SquashedGaussianActor(self.feature_dim, self.action_dim, self.config.hidden)
+
+    def exploration(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not self.discrete:
+            return super().exploration(state)
+        # [num_envs, A] Exp(1) draws, row k from env k's stream (the Gumbel-max trick's -log E is Gumbel)
+        noise = np.stack([rng.standard_exponential(self.action_dim, dtype=np.float32) for rng in self.explore_rngs])
+        return torch.from_numpy(noise).to(self.device), state
+
+    def actor_actions(self, features: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if self.discrete:
+            logits = self.actor(features)
+            if noise is None:
+                return logits.argmax(dim=-1)
+            return (logits - noise.log()).argmax(dim=-1)  # Gumbel-max: a draw from softmax(logits)
+        if noise is None:
+            return self.actor.greedy(features)
+        return self.actor.sample(features, noise)[0]
+
+
+class SACLearner(OffPolicyLearner):
+    """Twin critics on the soft target, the actor every ``policy_frequency`` critic updates (as many steps),
+    the temperature after each actor step, Polyak targets every ``target_network_frequency``."""
 
     def build(self) -> None:
         cfg, device = self.config, self.device
         if self.discrete:
-            self.actor = CategoricalActor(self.feature_dim, self.action_dim, cfg.hidden).to(device)
             self.critic = CriticEnsemble(2, self.feature_dim, cfg.hidden, self.action_dim).to(device)
             default_entropy = cfg.target_entropy_scale * math.log(self.action_dim)
         else:
-            self.actor = SquashedGaussianActor(self.feature_dim, self.action_dim, cfg.hidden).to(device)
             self.critic = CriticEnsemble(2, self.feature_dim + self.action_dim, cfg.hidden).to(device)
             default_entropy = -float(self.action_dim)
         self.target_entropy = default_entropy if cfg.target_entropy is None else float(cfg.target_entropy)
@@ -105,22 +139,6 @@ class SACAgent(OffPolicyActorCritic):
         super().load_state_dict(state)
         self.alpha = self.temperature.log_alpha.detach().exp()
 
-    def policy_actions(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
-        if self.discrete:
-            logits = self.actor(obs)
-            if not explore:
-                return logits.argmax(dim=-1)
-            return (logits - self._exp_noise().log()).argmax(dim=-1)  # Gumbel-max: a draw from softmax(logits)
-        if not explore:
-            return self.actor.greedy(obs)
-        return self.actor.sample(obs, self.normal_noise())[0]
-
-    def _exp_noise(self) -> torch.Tensor:
-        """[num_envs, A] Exp(1) draws, row k from env k's stream (the Gumbel-max trick's -log E is Gumbel)."""
-        noise = np.stack([rng.standard_exponential(self.action_dim, dtype=np.float32) for rng in self.explore_rngs])
-        return torch.from_numpy(noise).to(self.device)
-
-    # ------------------------------------------------------------------ learning
     def gradient_step(self, obs, actions, returns, next_obs, discounts) -> dict[str, torch.Tensor]:
         cfg = self.config
         metrics, features = self._critic_step(obs, actions, returns, next_obs, discounts)
@@ -183,3 +201,11 @@ class SACAgent(OffPolicyActorCritic):
             metrics["alpha_loss"] = alpha_loss.detach()
         metrics["alpha"] = self.alpha
         return metrics
+
+
+class SACAgent(OffPolicyActorCritic):
+    Config = SACConfig
+    metric_names = ("qf_loss", "q_mean", "actor_loss", "alpha", "alpha_loss", "entropy")
+    discrete_ok = True
+    policy_class = SACPolicy
+    learner_class = SACLearner

@@ -7,6 +7,10 @@ double Q (n_critics = 2) with target policy smoothing (policy_noise > 0). Every 
 updates the actor ascends Q_1(s, mu(s)) and the targets move by Polyak averaging. CleanRL's defaults
 (td3_continuous_action.py): lr 3e-4, batch 256, tau 0.005, 25k warm-up steps, noise 0.1, smoothing 0.2 clipped
 at 0.5, delay 2. DDPG is the same with one critic and no smoothing.
+
+``DeterministicPolicy`` acts (the actor plus its noise; the OU process is per-env acting state that restarts
+with each episode), ``TD3Learner`` holds the critics, the target actor and critics and the optimisers;
+``TD3Agent`` composes them (off_policy_ac.py).
 """
 
 from __future__ import annotations
@@ -16,8 +20,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from gbmr.agents.off_policy_ac import OffPolicyActorCritic, OffPolicyConfig, critic_loss
+from gbmr.agents.off_policy_ac import (
+    OffPolicyActorCritic,
+    OffPolicyConfig,
+    OffPolicyLearner,
+    OffPolicyPolicy,
+    critic_loss,
+)
 from gbmr.core.errors import unknown_choice
 from gbmr.nets.continuous import CriticEnsemble, DeterministicActor
 
@@ -47,22 +58,58 @@ def clipped_double_q_target(returns: torch.Tensor, discounts: torch.Tensor, next
     return returns + discounts * next_q.amin(dim=0)
 
 
-class TD3Agent(OffPolicyActorCritic):
-    Config = TD3Config
-    metric_names = ("qf_loss", "q_mean", "actor_loss")
+class DeterministicPolicy(OffPolicyPolicy):
+    """mu(s) plus Gaussian noise (``exploration_noise`` x N(0, 1)) or Ornstein-Uhlenbeck noise, clipped to the
+    cube; greedy, mu(s). The OU process of each env is the policy's state: ``initial_state`` and
+    ``episode_ends`` put it at 0."""
+
+    def __init__(self, config: TD3Config, *args, **kwargs) -> None:
+        if config.noise_type not in NOISE_TYPES:
+            raise unknown_choice("noise_type", config.noise_type, NOISE_TYPES)
+        super().__init__(config, *args, **kwargs)
+
+    def make_actor(self) -> nn.Module:
+        return DeterministicActor(self.feature_dim, self.action_dim, self.config.hidden)
+
+    def initial_state(self, num_envs: int) -> dict[str, torch.Tensor]:
+        if self.config.noise_type != "ou":
+            return {}
+        return {"ou": torch.zeros(num_envs, self.action_dim)}
+
+    def episode_ends(self, state: dict[str, torch.Tensor], dones: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not state:
+            return state
+        ou = state["ou"].clone()
+        ou[dones] = 0.0
+        return {"ou": ou}
+
+    def exploration(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """This step's acting noise, [num_envs, d], from each env's stream."""
+        cfg = self.config
+        if cfg.noise_type == "gaussian":
+            return cfg.exploration_noise * torch.from_numpy(self.normal_noise()).to(self.device), state
+        # x <- x + theta (0 - x) dt + sigma sqrt(dt) N(0, 1)  (SB3's OrnsteinUhlenbeckActionNoise, mean 0)
+        ou = state["ou"].numpy().copy()
+        ou += -cfg.ou_theta * ou * cfg.ou_dt + cfg.exploration_noise * np.sqrt(cfg.ou_dt) * self.normal_noise()
+        return torch.from_numpy(ou).to(self.device), {"ou": torch.from_numpy(ou.copy())}
+
+    def actor_actions(self, features: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        actions = self.actor(features)
+        return actions if noise is None else (actions + noise).clamp(-1.0, 1.0)
+
+
+class TD3Learner(OffPolicyLearner):
+    """``n_critics`` critics on the clipped double-Q target with target policy smoothing; the actor and all
+    targets every ``policy_frequency`` critic updates."""
 
     def build(self) -> None:
         cfg, device = self.config, self.device
-        if cfg.noise_type not in NOISE_TYPES:
-            raise unknown_choice("noise_type", cfg.noise_type, NOISE_TYPES)
-        self.actor = DeterministicActor(self.feature_dim, self.action_dim, cfg.hidden).to(device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = CriticEnsemble(cfg.n_critics, self.feature_dim + self.action_dim, cfg.hidden).to(device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_params, self.critic_params = list(self.actor.parameters()), self.critic_parameters()
         self.actor_optimizer = self.adam(self.actor_params, cfg.policy_lr)
         self.critic_optimizer = self.adam(self.critic_params, cfg.q_lr)
-        self.ou_state = np.zeros((self.num_envs, self.action_dim), dtype=np.float32)
         self.actor_updates = 0
 
     def checkpointed(self) -> dict:
@@ -71,35 +118,12 @@ class TD3Agent(OffPolicyActorCritic):
                 "critic_optimizer": self.critic_optimizer}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "ou_state": torch.from_numpy(self.ou_state.copy()),
-                "actor_updates": self.actor_updates}
+        return {**super().state_dict(), "actor_updates": self.actor_updates}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.ou_state[:] = state["ou_state"].numpy()
         self.actor_updates = state["actor_updates"]
 
-    # ------------------------------------------------------------------ acting
-    def policy_actions(self, obs: torch.Tensor, explore: bool) -> torch.Tensor:
-        actions = self.actor(obs)
-        if not explore:
-            return actions
-        return (actions + self.exploration()).clamp(-1.0, 1.0)
-
-    def exploration(self) -> torch.Tensor:
-        """This step's acting noise, [num_envs, d], from each env's stream."""
-        cfg = self.config
-        if cfg.noise_type == "gaussian":
-            return cfg.exploration_noise * self.normal_noise()
-        # x <- x + theta (0 - x) dt + sigma sqrt(dt) N(0, 1)  (SB3's OrnsteinUhlenbeckActionNoise, mean 0)
-        drift = -cfg.ou_theta * self.ou_state * cfg.ou_dt
-        self.ou_state += drift + cfg.exploration_noise * np.sqrt(cfg.ou_dt) * self.normal_noise().cpu().numpy()
-        return torch.from_numpy(self.ou_state.copy()).to(self.device)
-
-    def episodes_ended(self, done: np.ndarray) -> None:
-        self.ou_state[done] = 0.0
-
-    # ------------------------------------------------------------------ learning
     def gradient_step(self, obs, actions, returns, next_obs, discounts) -> dict[str, torch.Tensor]:
         cfg = self.config
         with torch.no_grad():  # the target actor reads the target encoder's features, as the target critics do
@@ -128,3 +152,10 @@ class TD3Agent(OffPolicyActorCritic):
         self.optimise(loss, self.actor_params, self.actor_optimizer)
         self.actor_updates += 1
         return loss.detach()
+
+
+class TD3Agent(OffPolicyActorCritic):
+    Config = TD3Config
+    metric_names = ("qf_loss", "q_mean", "actor_loss")
+    policy_class = DeterministicPolicy
+    learner_class = TD3Learner

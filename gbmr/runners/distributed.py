@@ -1,8 +1,9 @@
 """N Ray actors step the environments with copies of the policy; one learner (this process) trains.
 
 Actor k holds envs [k*M, (k+1)*M) of the run's N = actors * M and steps them with a collector seeded by those
-global indices, acting with a copy of the agent whose weights come from one Ray object-store put per policy
-version. What an actor sends depends on the agent (``Agent.distributed``):
+global indices, acting with the agent's Policy alone (agents with ``make_policy``: DQN, GBMR-DQN, SAC, TD3,
+DDPG) or else a copy of the agent, whose weights come from one Ray object-store put per policy version. What
+an actor sends depends on the agent (``Agent.distributed``):
 
 - on-policy (PPO, A2C, ...): its [T, M] slice of the rollout (log pi and V included, and the bootstrap values),
   which the learner joins into the [T, N] rollout it learns from;
@@ -113,7 +114,8 @@ def _transitions(steps: list[tuple]) -> dict[str, np.ndarray]:
 
 
 class RolloutActor:
-    """One Ray actor: a slice of the run's envs, its collector and a copy of the agent for acting."""
+    """One Ray actor: a slice of the run's envs, its collector and, for acting, the agent's Policy with its
+    per-env state (agents with ``make_policy``) or else a copy of the agent."""
 
     def __init__(self, config: dict[str, Any], env_ids: list[int], state: dict[str, Any] | None) -> None:
         cfg = config_from_dict(config, agent_class(config["algo"]).Config)
@@ -130,8 +132,10 @@ class RolloutActor:
                                           resolve_device(cfg.device), cfg.seed, cfg.total_steps)
         elif cls.distributed != "central":
             self.agent = build_agent(cfg, envs.single_observation_space, envs.single_action_space, len(env_ids))
-            if hasattr(self.agent, "assign_envs"):
-                self.agent.assign_envs(self.env_ids)
+        acting = self.policy if self.policy is not None else self.agent
+        if hasattr(acting, "assign_envs"):  # per-env exploration streams: those of this actor's envs
+            acting.assign_envs(self.env_ids)
+        self.acting_state = self.policy.initial_state(len(env_ids)) if self.policy is not None else {}
         self.on_policy = cls.distributed == "on-policy"
         self.collector = Collector(envs, cfg.seed, self.env_ids)
         if state is None:
@@ -140,6 +144,7 @@ class RolloutActor:
             self.collector.load_state_dict(to_numpy(state["collector"]))
             for rng, saved in zip(self._rngs(), state["rngs"], strict=True):
                 set_rng_state(rng, saved)
+            self.acting_state = dict(state.get("acting_state", self.acting_state))  # older states: none kept
 
     def _rngs(self) -> list[np.random.Generator]:
         if self.policy is not None:
@@ -147,8 +152,10 @@ class RolloutActor:
         return self.agent.acting_rngs() if self.agent is not None else []
 
     def state(self) -> dict[str, Any]:
-        """What a replacement needs to go on from here: the collector and the acting generators."""
-        return {"collector": to_saveable(self.collector.state_dict()), "rngs": [rng_state(r) for r in self._rngs()]}
+        """What a replacement needs to go on from here: the collector, the acting generators and the Policy's
+        per-env state (TD3/DDPG's OU noise)."""
+        return {"collector": to_saveable(self.collector.state_dict()), "rngs": [rng_state(r) for r in self._rngs()],
+                "acting_state": dict(self.acting_state)}
 
     def observation(self) -> Any:
         return self.collector.obs
@@ -176,7 +183,7 @@ class RolloutActor:
         """``steps`` vector steps with the given weights, acting as the learner would from ``start_step``
         (with the Policy alone for an agent split into Policy and Learner, else with the agent's copy)."""
         if self.policy is not None:
-            load, follow, act = self.policy.load_weights, self.policy.follow_schedule, self.policy.act_numpy
+            load, follow, act = self.policy.load_weights, self.policy.follow_schedule, self._act_with_policy
         else:
             load, follow, act = self.agent.load_policy_weights, self.agent.follow_schedule, self.agent.act
         load(weights)
@@ -184,6 +191,9 @@ class RolloutActor:
         for t in range(steps):
             follow(start_step + t * self.total_envs)
             step = self.collector.step(act(self.collector.obs, explore=True))
+            if self.policy is not None:
+                dones = torch.from_numpy(np.asarray(step.terminated) | np.asarray(step.truncated))
+                self.acting_state = self.policy.episode_ends(self.acting_state, dones)
             if self.on_policy:
                 self.agent.observe(*step[:6])
             else:
@@ -200,6 +210,11 @@ class RolloutActor:
             batch = _transitions(transitions)
         return {"version": version, "env_ids": self.env_ids, "batch": batch, "finished": finished,
                 "state": self.state()}
+
+    def _act_with_policy(self, obs: np.ndarray, explore: bool) -> np.ndarray:
+        """The Policy's ``act`` on this actor's envs, carrying its per-env state from step to step."""
+        actions, self.acting_state, _ = self.policy.act(torch.as_tensor(obs), self.acting_state, explore)
+        return actions.numpy()
 
     def _finished(self, step: Any, t: int) -> list[tuple]:
         """The episodes that ended at vector step ``t`` of a batch: (t, global env id, return, length, extras)."""
