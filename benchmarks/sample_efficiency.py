@@ -14,7 +14,8 @@ three (1-based; lower is better). A seed that never gets there counts as the num
 (a lower bound, marked ">"). GBMR vs GQ vs tabular Q-learning, ``--seeds`` seeds (1..N).
 
 (b) **MinAtar** (Breakout, Asterix, Freeway, SpaceInvaders, Seaquest) at ``--steps`` agent steps (MinAtar has no
-frame skip: steps = frames), ``--seeds`` seeds: GBMR, GBMR-sweep, GQ, NEC, MFEC, DQN, each with its ``minatar`` preset
+frame skip: steps = frames), ``--seeds`` seeds: GBMR, GBMR-sweep, GBMR-DQN, GQ, NEC, MFEC, DQN, PPO, A2C, REINFORCE and
+PPO-Transformer, each with its ``minatar`` preset
 (GBMR / GQ: 5e4 nodes, dist_th 0.5). A sweep file is written to ``OUT/sweep.yaml`` and run by
 ``gbmr.experiment.sweep`` (complete runs are skipped and interrupted ones resumed on a second call), then
 ``gbmr compare`` writes the report (mean greedy-evaluation return with bootstrap CIs, rliable aggregates) to
@@ -46,7 +47,8 @@ MAZE_ALGOS = ("gbmr", "gq", "qlearning")
 GOAL_RETURN = 100.0
 RELIABLE = 3  # consecutive goal-reaching episodes
 MINATAR_GAMES = ("Breakout", "Asterix", "Freeway", "SpaceInvaders", "Seaquest")
-MINATAR_ALGOS = ("gbmr", "gbmr-sweep", "gbmr-dqn", "gq", "nec", "mfec", "dqn")
+MINATAR_ALGOS = ("gbmr", "gbmr-sweep", "gbmr-dqn", "gq", "nec", "mfec", "dqn", "ppo", "a2c", "reinforce",
+                 "ppo-transformer")
 NEC_GAMES = ("Alien", "Frostbite", "Hero", "MsPacman", "Pong")
 
 
