@@ -22,7 +22,6 @@ import copy
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -36,6 +35,7 @@ from gbmr.agents.off_policy_ac import (
 )
 from gbmr.agents.optim import adam_step
 from gbmr.nets.continuous import CategoricalActor, CriticEnsemble, SquashedGaussianActor
+from gbmr.nets.policies import exponential_noise, gumbel_max
 
 
 @dataclass
@@ -93,16 +93,14 @@ class SACPolicy(OffPolicyPolicy):
     def exploration(self, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self.discrete:
             return super().exploration(state)
-        # [num_envs, A] Exp(1) draws, row k from env k's stream (the Gumbel-max trick's -log E is Gumbel)
-        noise = np.stack([rng.standard_exponential(self.action_dim, dtype=np.float32) for rng in self.explore_rngs])
-        return torch.from_numpy(noise).to(self.device), state
+        return torch.from_numpy(exponential_noise(self.explore_rngs, self.action_dim)).to(self.device), state
 
     def actor_actions(self, features: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         if self.discrete:
             logits = self.actor(features)
             if noise is None:
                 return logits.argmax(dim=-1)
-            return (logits - noise.log()).argmax(dim=-1)  # Gumbel-max: a draw from softmax(logits)
+            return gumbel_max(logits, noise)
         if noise is None:
             return self.actor.greedy(features)
         return self.actor.sample(features, noise)[0]

@@ -24,6 +24,17 @@ from gbmr.nets.torsos import make_torso
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
+def exponential_noise(rngs: Sequence[np.random.Generator], n: int) -> np.ndarray:
+    """Exp(1) draws, [len(rngs), n]: one row per environment, from that environment's generator."""
+    return np.stack([rng.standard_exponential(n, dtype=np.float32) for rng in rngs])
+
+
+def gumbel_max(logits: torch.Tensor, exp_noise: torch.Tensor) -> torch.Tensor:
+    """Gumbel-max: argmax(logits + G) with G = -log(E), E ~ Exp(1) (``exponential_noise``), is a draw from
+    softmax(logits) (and faster than torch.multinomial on small batches)."""
+    return (logits - exp_noise.log()).argmax(dim=-1)
+
+
 class CategoricalHead(nn.Module):
     """Logits over a Discrete action space."""
 
@@ -38,13 +49,10 @@ class CategoricalHead(nn.Module):
         return self.linear.forward(features)
 
     def noise(self, rngs: Sequence[np.random.Generator]) -> np.ndarray:
-        """Exp(1) draws, [len(rngs), n]: one row per environment, from that environment's generator."""
-        return np.stack([rng.standard_exponential(self.n, dtype=np.float32) for rng in rngs])
+        return exponential_noise(rngs, self.n)
 
     def sample(self, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Gumbel-max: argmax(logits + G) with G = -log(E), E ~ Exp(1), is a draw from softmax(logits) (and
-        faster than torch.multinomial on small batches)."""
-        return (logits - noise.log()).argmax(dim=-1)
+        return gumbel_max(logits, noise)
 
     def mode(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.argmax(dim=-1)
