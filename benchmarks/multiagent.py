@@ -1,8 +1,10 @@
 """Training speed of the multi-agent algorithms: env steps/s and episodes/s of training (acting + env + learning),
 and the share of that time spent inside the environment. Prints a Markdown table.
 
-The buffer is first filled with ``batch_size`` episodes (not timed) so that every finished episode of the timed
-part trains, as in a run past its first episodes. Run with ``nice``: ``python benchmarks/multiagent.py``.
+``--num-envs 1 8`` also times PyMARL's parallel runner (8 envs, one gradient step per 8 finished episodes)
+beside the episode runner. The buffer is first filled with ``batch_size`` episodes (not timed) so that every
+finished episode of the timed part trains, as in a run past its first episodes.
+Run with ``nice``: ``python benchmarks/multiagent.py``.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from gbmr.envs import make_vector_env
 from gbmr.runners.collector import Collector
 
 
-def measure(algo: str, env_id: str, steps: int, agent_net: str, seed: int = 0) -> dict[str, float]:
-    envs = make_vector_env(env_id, 1)
+def measure(algo: str, env_id: str, steps: int, agent_net: str, num_envs: int = 1, seed: int = 0
+            ) -> dict[str, float]:
+    """Speeds over ``steps`` env steps (summed over the ``num_envs`` envs)."""
+    envs = make_vector_env(env_id, num_envs)
     cls = agent_class(algo)
     config = cls.Config(agent_net=agent_net)
-    agent = cls(config, envs.single_observation_space, envs.single_action_space, 1, torch.device("cpu"), seed,
-                total_steps=1_000_000)
+    agent = cls(config, envs.single_observation_space, envs.single_action_space, num_envs, torch.device("cpu"),
+                seed, total_steps=1_000_000)
     collector = Collector(envs, seed)
     collector.start()
     while agent.buffer.size < config.batch_size:  # warm-up, untimed
@@ -34,7 +38,7 @@ def measure(algo: str, env_id: str, steps: int, agent_net: str, seed: int = 0) -
     env_time = 0.0
     episodes = 0
     start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(steps):
+    for _ in range(steps // num_envs):
         actions = agent.act(collector.obs)
         t0 = time.perf_counter()
         step = collector.step(actions)
@@ -52,19 +56,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     smax = ("SMAX/2s3z",) if importlib.util.find_spec("jaxmarl") else ()  # the smax extra is optional
     parser.add_argument("--envs", nargs="+", default=["LBF/Foraging-8x8-2p-1f-coop-v3", "MPE/simple_spread-v3", *smax])
+    parser.add_argument("--num-envs", nargs="+", type=int, default=[1],
+                        help="1: the episode runner; K > 1: the parallel runner over K envs")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     for env_id in args.envs:
         for algo, net in (("qmix", "rnn"), ("differ", "rnn"), ("differ", "transformer")):
-            result = measure(algo, env_id, args.steps, net)
-            rows.append((env_id, f"{algo} ({net})", result))
-            print(f"{env_id} {algo} {net}: {result}", flush=True)
-    print(f"\n| env | algo (agent net) | env steps/s | episodes/s | per CPU second: steps, episodes | env share |"
-          f"  ({args.steps} steps, 1 thread)")
-    print("|---|---|---|---|---|---|")
-    for env_id, name, r in rows:
-        print(f"| {env_id} | {name} | {r['steps_per_s']:.0f} | {r['episodes_per_s']:.1f} "
+            for num_envs in args.num_envs:
+                result = measure(algo, env_id, args.steps, net, num_envs)
+                rows.append((env_id, f"{algo} ({net})", num_envs, result))
+                print(f"{env_id} {algo} {net} x{num_envs}: {result}", flush=True)
+    print(f"\n| env | algo (agent net) | envs | env steps/s | episodes/s | per CPU second: steps, episodes "
+          f"| env share |  ({args.steps} steps, 1 thread)")
+    print("|---|---|---|---|---|---|---|")
+    for env_id, name, num_envs, r in rows:
+        print(f"| {env_id} | {name} | {num_envs} | {r['steps_per_s']:.0f} | {r['episodes_per_s']:.1f} "
               f"| {r['cpu_steps_per_s']:.0f}, {r['cpu_episodes_per_s']:.1f} | {100 * r['env_share']:.0f}% |")
 
 

@@ -18,6 +18,7 @@ from gbmr.agents.differ import (
 )
 from gbmr.agents.qmix import QMIXAgent, QMIXConfig, episode_mask, greedy_next_q, masked_mse, td_targets
 from gbmr.cli import main
+from gbmr.core.errors import GbmrError
 from gbmr.envs.multiagent import multi_agent_spaces
 from gbmr.nets.marl import QMixer, RNNAgent, TransformerAgent
 
@@ -115,6 +116,34 @@ def test_acting_starts_each_episode_without_a_last_action(one_thread):
     assert not last[0].any()  # env 0's episode ended: its next input carries no last action
     torch.testing.assert_close(last[1], torch.nn.functional.one_hot(torch.as_tensor(actions[1]), 3).float())
     assert agent._acting["starts"].tolist() == [True, False]
+
+
+@pytest.mark.parametrize("num_envs, episodes_per_update, expected", [(1, 0, 12), (4, 0, 3), (4, 1, 12), (4, 2, 6)])
+def test_gradient_steps_follow_the_episode_runner_or_the_parallel_runner(one_thread, num_envs,
+                                                                         episodes_per_update, expected):
+    """PyMARL's episode runner trains after every episode, its parallel runner once per batch of num_envs
+    episodes (the default, 0). Scripted so that one episode ends on every step (env i's at the steps
+    s = i mod num_envs): 12 episodes after the buffer holds a batch give 12 / episodes_per_update steps."""
+    obs_space, act_space = multi_agent_spaces(2, 3, 4, 3)
+    config = QMIXConfig(batch_size=2, episodes_per_update=episodes_per_update)
+    agent = QMIXAgent(config, obs_space, act_space, num_envs=num_envs, device=torch.device("cpu"), seed=0,
+                      total_steps=1000)
+    obs = {k: np.zeros((num_envs, *space.shape), space.dtype) for k, space in obs_space.spaces.items()}
+    obs["avail_actions"][:] = 1
+    gradient_steps = []
+    for s in range(16):  # the first 4 episodes fill the buffer past batch_size
+        actions = agent.act(obs)
+        ends = np.arange(num_envs) == s % num_envs
+        agent.observe(obs, actions, np.ones(num_envs), obs, ends, np.zeros(num_envs, dtype=bool))
+        gradient_steps.append(bool(agent.update()))
+    assert sum(gradient_steps[4:]) == expected
+
+
+def test_episodes_per_update_must_not_be_negative():
+    obs_space, act_space = multi_agent_spaces(2, 3, 4, 3)
+    with pytest.raises(GbmrError, match="episodes_per_update must be >= 0"):
+        QMIXAgent(QMIXConfig(episodes_per_update=-1), obs_space, act_space, num_envs=1,
+                  device=torch.device("cpu"), seed=0, total_steps=10)
 
 
 # ---------------------------------------------------------------------- DIFFER

@@ -51,6 +51,9 @@ class QMIXConfig:
     epsilon_finish: float = 0.05
     epsilon_anneal_time: int = 50_000  # env steps
     grad_norm_clip: float = 10.0
+    # finished episodes per gradient step; 0 = one per num_envs episodes: PyMARL's episode runner trains after
+    # every episode, its parallel runner once per batch of batch_size_run (= num_envs) episodes
+    episodes_per_update: int = 0
     standardise_rewards: bool = False  # EPyMARL's QMIX: rewards over a running mean and std of the replayed ones
     agent_net: str = "rnn"  # rnn | transformer
     rnn_hidden_dim: int = 64
@@ -137,6 +140,10 @@ class QMIXAgent(Agent):
         super().__init__(config, observation_space, action_space, num_envs, device, seed, total_steps)
         if config.optimizer not in ("rmsprop", "adam"):
             raise unknown_choice("optimizer", config.optimizer, ("rmsprop", "adam"))
+        if config.episodes_per_update < 0:
+            raise GbmrError(f"episodes_per_update must be >= 0 (0: one gradient step per num_envs episodes), "
+                            f"got {config.episodes_per_update}")
+        self.episodes_per_update = config.episodes_per_update or num_envs
         self.n_agents, obs_dim, state_dim, self.n_actions = dimensions(observation_space)
         in_features = obs_dim + self.n_actions * config.obs_last_action + self.n_agents * config.obs_agent_id
         transformer = {"d_model": config.transformer_d_model, "num_heads": config.transformer_n_head,
@@ -223,10 +230,11 @@ class QMIXAgent(Agent):
 
     # ------------------------------------------------------------------ learning
     def update(self) -> dict[str, float]:
-        """One gradient step per finished episode batch (PyMARL: after every episode once the buffer holds
-        ``batch_size`` episodes); the targets follow every ``target_update_interval`` episodes."""
+        """One gradient step per ``episodes_per_update`` finished episodes once the buffer holds ``batch_size``
+        episodes (PyMARL: after every episode, or every batch of the parallel runner's episodes); the targets
+        follow every ``target_update_interval`` episodes."""
         cfg = self.config
-        if self.episodes == self._trained_at or self.buffer.size < cfg.batch_size:
+        if self.episodes - self._trained_at < self.episodes_per_update or self.buffer.size < cfg.batch_size:
             return {}
         self._trained_at = self.episodes
         batch = self._tensors(self.buffer.sample(cfg.batch_size, self.sample_rng))
