@@ -89,9 +89,10 @@ class DeterministicPolicy(OffPolicyPolicy):
         if cfg.noise_type == "gaussian":
             return cfg.exploration_noise * torch.from_numpy(self.normal_noise()).to(self.device), state
         # x <- x + theta (0 - x) dt + sigma sqrt(dt) N(0, 1)  (SB3's OrnsteinUhlenbeckActionNoise, mean 0)
-        ou = state["ou"].numpy().copy()
-        ou += -cfg.ou_theta * ou * cfg.ou_dt + cfg.exploration_noise * np.sqrt(cfg.ou_dt) * self.normal_noise()
-        return torch.from_numpy(ou).to(self.device), {"ou": torch.from_numpy(ou.copy())}
+        x = state["ou"].numpy()
+        step = -cfg.ou_theta * x * cfg.ou_dt + cfg.exploration_noise * np.sqrt(cfg.ou_dt) * self.normal_noise()
+        ou = torch.from_numpy((x + step).astype(np.float32))  # a new array: noise and state may share it
+        return ou.to(self.device), {"ou": ou}
 
     def actor_actions(self, features: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         actions = self.actor(features)
