@@ -1,7 +1,8 @@
 """Environment ids, option checking, and the two helpers several families share.
 
 Each family module (``classic``, ``minatar``, ``atari``, ``maze``, ``memory``, ``mario``) exposes ``env_ids()``,
-``options(env_id)`` (valid options with their defaults) and ``make(env_id, *, training, render_mode, **options)``.
+``options(env_id)`` (valid options with their defaults) and ``make(env_id, *, training, render_mode, **options)``,
+and may add ``make_vector(env_id, num_envs, *, training, **options)`` when it batches envs better itself.
 This module dispatches to them and imports them lazily, so ``import gbmr.envs`` stays cheap (MinAtar alone takes
 ~2 s to import) and a broken optional dependency only hurts its own family. An id none of them has goes to the
 ``generic`` family (``gym``): any id registered with Gymnasium, or ``module:EnvId``.
@@ -99,12 +100,16 @@ def make_env(
 
 def make_vector_env(
     env_id: str, num_envs: int, *, training: bool = True, **options: Any
-) -> gym.vector.SyncVectorEnv:
+) -> gym.vector.VectorEnv:
     """``num_envs`` copies in one process. Autoreset is disabled: the runner resets finished sub-envs itself
-    with ``reset(seed=[...], options={"reset_mask": mask})`` so it controls every episode's seed."""
+    with ``reset(seed=[...], options={"reset_mask": mask})`` so it controls every episode's seed. A family with
+    a batched env of its own (``make_vector``, e.g. SMAX's vmapped JAX env) builds it for two or more envs."""
     if num_envs < 1:
         raise GbmrError(f"num_envs must be at least 1, got {num_envs}")
-    _resolve_options(env_id, options)  # fail before building anything
+    resolved = _resolve_options(env_id, options)  # fail before building anything
+    family = _family_module(env_family(env_id))
+    if num_envs > 1 and hasattr(family, "make_vector"):
+        return family.make_vector(env_id, num_envs, training=training, **resolved)
     return gym.vector.SyncVectorEnv(
         [partial(make_env, env_id, training=training, **options) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.DISABLED,

@@ -65,7 +65,7 @@ def env_state(env: gym.Env) -> dict | None:
 class Collector:
     """Owns the training environments: episode seeds, returns and lengths, and the action log for resume."""
 
-    def __init__(self, envs: gym.vector.SyncVectorEnv, seed: int, env_ids: np.ndarray | None = None) -> None:
+    def __init__(self, envs: gym.vector.VectorEnv, seed: int, env_ids: np.ndarray | None = None) -> None:
         n = envs.num_envs
         self.envs = envs
         self.seed = seed
@@ -131,7 +131,7 @@ class Collector:
                 self.episode_resets[i].append(len(self.episode_actions[i]))
             else:
                 self.episode_seed[i] = seeds[i]
-                self.episode_env_state[i] = env_state(self.envs.envs[i])
+                self.episode_env_state[i] = self._env_state(i)
                 self.episode_actions[i] = []
                 self.episode_resets[i] = []
         self.episode_return[mask] = 0.0
@@ -139,6 +139,11 @@ class Collector:
         if obs is None:
             return reset_obs
         return _replace_rows(obs, mask, reset_obs)
+
+    def _env_state(self, i: int) -> dict | None:
+        """Sub-env ``i``'s cross-episode state; a batched vector env (no ``envs`` list) keeps none."""
+        sub_envs = getattr(self.envs, "envs", None)
+        return None if sub_envs is None else env_state(sub_envs[i])
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -165,7 +170,10 @@ class Collector:
         self.obs = self._replay_episodes()
 
     def _replay_episodes(self) -> np.ndarray:
-        """Reset each environment with its episode's seed and replay its actions."""
+        """Reset each environment with its episode's seed and replay its actions (a batched vector env replays
+        all of them in one batch, through the functions the run stepped them with)."""
+        if hasattr(self.envs, "replay"):
+            return self.envs.replay(self.episode_seed, self.episode_actions)
         observations = []
         for i, env in enumerate(self.envs.envs):
             if self.episode_env_state[i] is not None:

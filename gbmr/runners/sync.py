@@ -78,7 +78,7 @@ class SyncRunner:
         self,
         config: RunConfig,
         agent: Agent,
-        envs: gym.vector.SyncVectorEnv | None,
+        envs: gym.vector.VectorEnv | None,
         eval_env: gym.Env,
         run: RunDir,
         progress: bool = True,
