@@ -14,24 +14,22 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import time
-from functools import partial
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from gbmr.agents import agent_class
-from gbmr.envs import make_env, make_vector_env
+from gbmr.envs import make_vector_env
+from gbmr.envs.registry import make_sync_vector_env
 from gbmr.runners.collector import Collector
 
 
 def measure(algo: str, env_id: str, steps: int, agent_net: str, num_envs: int = 1, seed: int = 0,
-            sync: bool = False) -> dict[str, float]:
-    """Speeds over ``steps`` env steps (summed over the ``num_envs`` envs); ``sync``: gymnasium's SyncVectorEnv
-    of single envs instead of the family's own vector env."""
-    envs = gym.vector.SyncVectorEnv([partial(make_env, env_id) for _ in range(num_envs)],
-                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED) if sync else \
-        make_vector_env(env_id, num_envs)
+            sync: bool = False) -> dict[str, Any]:
+    """Speeds over ``steps`` env steps (summed over the ``num_envs`` envs) and the vector env's class name;
+    ``sync``: gymnasium's SyncVectorEnv of single envs instead of the family's own vector env."""
+    envs = (make_sync_vector_env if sync else make_vector_env)(env_id, num_envs)
     cls = agent_class(algo)
     config = cls.Config(agent_net=agent_net)
     agent = cls(config, envs.single_observation_space, envs.single_action_space, num_envs, torch.device("cpu"),
@@ -54,7 +52,8 @@ def measure(algo: str, env_id: str, steps: int, agent_net: str, num_envs: int = 
         agent.update()
         episodes += len(step.finished)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return {"steps_per_s": steps / total, "episodes_per_s": episodes / total, "env_share": env_time / total,
+    return {"vector": type(envs).__name__ if num_envs > 1 else "-",
+            "steps_per_s": steps / total, "episodes_per_s": episodes / total, "env_share": env_time / total,
             "cpu_steps_per_s": steps / cpu, "cpu_episodes_per_s": episodes / cpu}
 
 
@@ -75,16 +74,14 @@ def main() -> None:
         for algo, net in (("qmix", "rnn"), ("differ", "rnn"), ("differ", "transformer")):
             for num_envs in args.num_envs:
                 for sync in kinds if num_envs > 1 else (False,):
-                    vector = "-" if num_envs == 1 else "SyncVectorEnv" if sync else type(
-                        make_vector_env(env_id, num_envs)).__name__
                     result = measure(algo, env_id, args.steps, net, num_envs, sync=sync)
-                    rows.append((env_id, f"{algo} ({net})", num_envs, vector, result))
-                    print(f"{env_id} {algo} {net} x{num_envs} {vector}: {result}", flush=True)
+                    rows.append((env_id, f"{algo} ({net})", num_envs, result))
+                    print(f"{env_id} {algo} {net} x{num_envs}: {result}", flush=True)
     print(f"\n| env | algo (agent net) | envs | vector env | env steps/s | episodes/s | per CPU second: steps, "
           f"episodes | env share |  ({args.steps} steps, 1 thread)")
     print("|---|---|---|---|---|---|---|---|")
-    for env_id, name, num_envs, vector, r in rows:
-        print(f"| {env_id} | {name} | {num_envs} | {vector} | {r['steps_per_s']:.0f} | {r['episodes_per_s']:.1f} "
+    for env_id, name, num_envs, r in rows:
+        print(f"| {env_id} | {name} | {num_envs} | {r['vector']} | {r['steps_per_s']:.0f} | {r['episodes_per_s']:.1f} "
               f"| {r['cpu_steps_per_s']:.0f}, {r['cpu_episodes_per_s']:.1f} | {100 * r['env_share']:.0f}% |")
 
 

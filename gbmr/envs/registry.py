@@ -110,6 +110,14 @@ def make_vector_env(
     family = _family_module(env_family(env_id))
     if num_envs > 1 and hasattr(family, "make_vector"):
         return family.make_vector(env_id, num_envs, training=training, **resolved)
+    return make_sync_vector_env(env_id, num_envs, training=training, **options)
+
+
+def make_sync_vector_env(
+    env_id: str, num_envs: int, *, training: bool = True, **options: Any
+) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` single envs stepped one after another (what ``make_vector_env`` builds for a family without
+    a batched env of its own), autoreset disabled."""
     return gym.vector.SyncVectorEnv(
         [partial(make_env, env_id, training=training, **options) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.DISABLED,
