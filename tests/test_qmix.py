@@ -286,6 +286,7 @@ def test_qmix_improves_on_mpe_simple_spread(tmp_path):
 
     run = tmp_path / "run"
     assert main(["train", "--algo", "qmix", "--env", "MPE/simple_spread-v3", "--seed", "1", "--total-steps", "10000",
+                 "--num-envs", "1",
                  "--no-progress", "--set", "env_options.max_cycles=10", "--set", "eval_every=2000",
                  "--set", "eval_episodes=20", "--set", "epsilon_anneal_time=4000", "--set", "optimizer=adam",
                  "--set", "lr=5e-4", "--set", "target_update_interval=50", "--set", "checkpoint_every=100000",
