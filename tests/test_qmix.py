@@ -1,13 +1,12 @@
 """QMIX and DIFFER: the mixer's monotonicity, masked double-Q targets on a hand-made episode batch, DIFFER's
 individual TD errors and selection, the agent nets' two paths, exact resume, and learning (slow)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from run_helpers import assert_resume_equals_uninterrupted, read_rows
 
+from gbmr.agents import agent_class
 from gbmr.agents.differ import (
     DIFFERConfig,
     agent_mask,
@@ -20,6 +19,7 @@ from gbmr.agents.differ import (
 )
 from gbmr.agents.qmix import QMIXAgent, QMIXConfig, episode_mask, greedy_next_q, masked_mse, td_targets
 from gbmr.cli import main
+from gbmr.config import build_config
 from gbmr.core.errors import GbmrError
 from gbmr.envs.multiagent import multi_agent_spaces
 from gbmr.nets.marl import QMixer, RNNAgent, TransformerAgent
@@ -327,12 +327,9 @@ def test_target_copies_count_episodes_so_the_mpe_preset_copies_every_200_gradien
     so the mpe preset's interval over its num_envs must be EPyMARL's 200 gradient steps (at 25 steps QMIX
     diverged on simple_spread). Scripted: all 8 envs end an episode on every step, one gradient step per step,
     and an interval of 16 episodes copies the targets after every second gradient step."""
-    import yaml
-
-    import gbmr
-
-    preset = yaml.safe_load((Path(gbmr.__file__).parent / "configs" / "qmix" / "mpe.yaml").read_text())
-    assert preset["agent"]["target_update_interval"] / preset["num_envs"] == 200
+    for algo in ("qmix", "differ"):
+        config = build_config(algo, "MPE/simple_spread-v3", agent_class(algo).Config, "mpe")
+        assert config.agent.target_update_interval / config.num_envs == 200
     num_envs = 8
     obs_space, act_space = multi_agent_spaces(2, 3, 4, 3)
     agent = QMIXAgent(QMIXConfig(batch_size=2, target_update_interval=2 * num_envs), obs_space, act_space,
