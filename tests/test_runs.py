@@ -56,6 +56,22 @@ def test_same_seed_same_metrics(tmp_path):
     assert read_rows(tmp_path / "a" / "eval.csv") == read_rows(tmp_path / "b" / "eval.csv")
 
 
+def test_resume_without_its_checkpoint_refuses_and_keeps_the_logs(tmp_path, capsys):
+    """A folder copied without checkpoints/ must not restart from step 0 over its logs; its config restarts it."""
+    run = tmp_path / "run"
+    train(run)
+    logs = {name: (run / name).read_text() for name in ("metrics.csv", "eval.csv", "learner.csv")}
+    (run / "checkpoints" / "latest.pt").unlink()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "logged 3000 steps but has no checkpoint" in err and "--algo dqn --env CartPole-v1 --config" in err
+    assert {name: (run / name).read_text() for name in logs} == logs
+    again = tmp_path / "again"
+    assert main(["train", "--algo", "dqn", "--env", "CartPole-v1", "--config", str(run / "config.yaml"),
+                 "--run-dir", str(again), "--no-progress"]) == 0
+    assert read_rows(again / "eval.csv") == read_rows(run / "eval.csv")
+
+
 @pytest.mark.parametrize("num_envs", ["1", "2"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, num_envs):
     assert_resume_equals_uninterrupted([*SMALL, "--num-envs", num_envs], tmp_path, 3000,

@@ -62,6 +62,14 @@ class RunDir:
             raise GbmrError(f"'{self.config}' is not a gbmr run config (needs 'algo' and 'env')")
         return data
 
+    def read_status(self) -> dict[str, Any]:
+        """status.json's contents, or {} when it is missing or unreadable (a run killed before writing it)."""
+        try:
+            status = json.loads(self.status.read_text())
+        except (OSError, ValueError):
+            return {}
+        return status if isinstance(status, dict) else {}
+
     def write_status(self, status: str, step: int, total_steps: int) -> None:
         atomic_write_text(self.status, json.dumps({"status": status, "step": step, "total_steps": total_steps}))
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import math
 import multiprocessing
 import os
@@ -240,10 +239,7 @@ def _plan(name: str, path: Path, config: RunConfig) -> SweepRun:
         shown = "; ".join(f"{k}: {saved.get(k, 'not set')!r} there, {wanted[k]!r} in the sweep" for k in differ[:3])
         raise GbmrError(f"run folder '{path}' holds a run with another config ({shown}); delete the folder or "
                         "give the sweep another out")
-    try:
-        status = json.loads(run.status.read_text())
-    except (OSError, ValueError):
-        status = {}
+    status = run.read_status()
     state = "complete" if status.get("status") == "complete" else "partial"
     return SweepRun(name, path, config, state, int(status.get("step", 0)))
 

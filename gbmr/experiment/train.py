@@ -53,9 +53,20 @@ def load_run_config(run: RunDir) -> RunConfig:
 
 
 def resume_run(path: str | Path, progress: bool = True) -> RunDir:
-    """Continue an interrupted run from its latest checkpoint (or from scratch if it never wrote one)."""
+    """Continue an interrupted run from its latest checkpoint (or from scratch if it never wrote one).
+
+    A folder whose status.json records progress but whose checkpoint is gone (copied without checkpoints/, or
+    deleted) is refused: starting over would truncate its logs, losing what it recorded.
+    """
     run = RunDir.existing(path)
     config = load_run_config(run)
+    if not run.latest.is_file():
+        step = int(run.read_status().get("step", 0))
+        if step > 0:
+            raise GbmrError(f"'{path}' logged {step} steps but has no checkpoint ({run.latest}); resuming would "
+                            "restart from step 0 and overwrite its logs. Restore checkpoints/latest.pt, or start "
+                            f"a new run from its config: gbmr train --algo {config.algo} --env {config.env} "
+                            f"--config {run.config} --run-dir NEW_DIR")
     runner = _runner(config, run, progress)
     runner.train(run.load_checkpoint() if run.latest.is_file() else None)
     return run
