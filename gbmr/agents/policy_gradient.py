@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gbmr.agents.base import Agent, Learner, Policy
-from gbmr.agents.optim import clip_grad_norm, make_adam
+from gbmr.agents.optim import adam_step, clip_grad_norm, make_adam
 from gbmr.core.errors import GbmrError, unknown_choice
 from gbmr.core.seeding import derive_seed
 from gbmr.core.state import rng_state, set_rng_state
@@ -145,7 +145,7 @@ class PolicyGradientLearner(Learner):
         loss.backward()
         if self.config.max_grad_norm > 0:
             clip_grad_norm([p.grad for p in self.params if p.grad is not None], self.config.max_grad_norm)
-        self.optimizer.step()
+        adam_step(self.optimizer)  # RMSprop (a2c) falls back to step()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "rng": rng_state(self.rng), "updates": self.updates}

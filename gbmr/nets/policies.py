@@ -26,7 +26,10 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 def exponential_noise(rngs: Sequence[np.random.Generator], n: int) -> np.ndarray:
     """Exp(1) draws, [len(rngs), n]: one row per environment, from that environment's generator."""
-    return np.stack([rng.standard_exponential(n, dtype=np.float32) for rng in rngs])
+    noise = np.empty((len(rngs), n), dtype=np.float32)
+    for row, rng in zip(noise, rngs, strict=True):
+        rng.standard_exponential(dtype=np.float32, out=row)  # the same draws as size=n, without np.stack
+    return noise
 
 
 def gumbel_max(logits: torch.Tensor, exp_noise: torch.Tensor) -> torch.Tensor:
