@@ -15,6 +15,9 @@ Prints env-steps/s for both and the ratio.
 
     python benchmarks/ppo_throughput.py [--steps 20480] [--repeats 3] [--envs CartPole-v1 MinAtar/Breakout-v1]
 
+``--breakdown`` prints instead, for each side, the time spent learning (gbmr's ``PPOLearner.learn``, SB3's
+``PPO.train``) and the rest (collecting rollouts, setup), best of ``--repeats`` by the total.
+
 ``--conv`` prints instead the time of MinAtar's conv (Breakout's 4 planes) in inference by batch size, oneDNN's
 (``nn.Conv2d``) against PyTorch's native one (what ``SmallBatchConv2d`` calls for small batches).
 """
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -111,6 +116,52 @@ def time_sb3(env_id: str, steps: int) -> float:
     return model.num_timesteps / (clock() - start)
 
 
+@contextmanager
+def timed_method(cls: type, name: str, totals: dict[str, float]) -> Iterator[None]:
+    """Adds the time spent in ``cls.name`` to ``totals[name]`` while the context lasts (on the benchmark's clock)."""
+    original = getattr(cls, name)
+
+    def wrapper(*args, **kwargs):
+        start = clock()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[name] = totals.get(name, 0.0) + clock() - start
+
+    setattr(cls, name, wrapper)
+    try:
+        yield
+    finally:
+        setattr(cls, name, original)
+
+
+def learning_share(run: Callable[[], float], cls: type, name: str, steps: int) -> tuple[float, float]:
+    """(total seconds, seconds inside ``cls.name``) of one run."""
+    totals: dict[str, float] = {}
+    with timed_method(cls, name, totals):
+        total = steps / run()
+    return total, totals.get(name, 0.0)
+
+
+def breakdown_table(env_ids: list[str], steps: int, repeats: int) -> None:
+    from stable_baselines3 import PPO as SB3PPO
+
+    from gbmr.agents.ppo import PPOLearner
+
+    print("| environment | side | total (s) | learning (s) | collecting and setup (s) |\n|---|---|---:|---:|---:|")
+    for env_id in env_ids:
+        warm_up(env_id)
+        sides = {"gbmr": (partial(time_ours, env_id, steps), PPOLearner, "learn"),
+                 "SB3": (partial(time_sb3, env_id, steps), SB3PPO, "train")}
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(repeats):  # alternating, as ``compare``
+            for side, (run, cls, name) in sides.items():
+                result = learning_share(run, cls, name, steps)
+                best[side] = min(best.get(side, result), result)
+        for side, (total, learning) in best.items():
+            print(f"| {env_id} | {side} | {total:.2f} | {learning:.2f} | {total - learning:.2f} |", flush=True)
+
+
 def conv_table(repeats: int) -> None:
     from gbmr.nets.torsos import SmallBatchConv2d
 
@@ -145,6 +196,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--envs", nargs="+", default=["CartPole-v1", "MinAtar/Breakout-v1"])
     parser.add_argument("--conv", action="store_true", help="time MinAtar's conv by batch size instead")
+    parser.add_argument("--breakdown", action="store_true", help="time learning vs the rest on each side instead")
     add_clock_argument(parser)
     args = parser.parse_args()
     use_clock(args.clock)
@@ -157,6 +209,8 @@ def main() -> None:
     print(f"PPO, {steps} env steps ({steps // rollout} rollouts of {NUM_ENVS} envs x {PPO['n_steps']} steps, "
           f"{PPO['update_epochs']} epochs x {PPO['num_minibatches']} minibatches), same hyperparameters, "
           f"1 torch thread, best of {args.repeats}\n")
+    if args.breakdown:
+        return breakdown_table(args.envs, steps, args.repeats)
     print_table_header()
     for env_id in args.envs:
         warm_up(env_id)
