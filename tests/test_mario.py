@@ -9,7 +9,7 @@ import importlib.util
 import gymnasium as gym
 import numpy as np
 import pytest
-from run_helpers import read_rows
+from run_helpers import assert_press_duration_eval_logs, read_rows
 
 from gbmr.cli import main
 from gbmr.core.errors import GbmrError
@@ -261,7 +261,8 @@ def test_ppo_smoke_run_logs_the_terms(tmp_path, actions: str) -> None:
         assert float(values["x_pos"]) >= 40
     eval_header, eval_row = read_rows(run / "eval.csv")
     assert set(terms) | {"x_pos", "flag"} <= set(eval_header)
-    shares = [name for name in eval_header if name.startswith("held_" if actions == "press_duration" else "action_")]
+    shares = [name for name in eval_header if name.startswith("held_" if actions == "press_duration" else "action_")
+              and not name.endswith(("_p50", "_p90"))]
     assert len(shares) == 7
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -270,6 +271,8 @@ def test_ppo_smoke_run_logs_the_terms(tmp_path, actions: str) -> None:
     assert {"train/x_pos", "train/reward_death", "eval/x_pos", "eval/reward_progress", "eval/flag"} <= set(
         events.Tags()["scalars"])
     assert ("eval/actions" if actions == "simple" else "eval/action_6") in events.Tags()["histograms"]
+    if actions == "press_duration":
+        assert_press_duration_eval_logs(run)
     if actions == "simple":  # action shares of the evaluation's decisions
         assert sum(float(eval_row[eval_header.index(n)]) for n in shares) == pytest.approx(1.0)
         assert main(["eval", str(run), "--episodes", "1", "--video"]) == 0
