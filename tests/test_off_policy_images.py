@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from run_helpers import read_rows
+from run_helpers import assert_press_duration_eval_logs, read_rows
 
 from gbmr.agents.sac import SACAgent, SACConfig
 from gbmr.agents.td3 import TD3Agent, TD3Config
@@ -142,8 +142,13 @@ def test_td3_on_frames_target_by_hand_and_actions_in_bounds():
 @pytest.mark.skipif(importlib.util.find_spec("gymnasium_mariobros") is None,
                     reason="gymnasium-mariobros is not installed (pip install -e '.[mario]')")
 @pytest.mark.slow
-@pytest.mark.parametrize(("algo", "preset", "steps"), [("sac", "mario", 300), ("td3", "mario-press", 200)])
-def test_mario_smoke_run_writes_a_complete_run_folder(tmp_path, algo, preset, steps, one_thread):
+@pytest.mark.parametrize(("algo", "preset", "steps", "video"), [
+    ("sac", "mario", 300, False), ("sac", "mario-press", 200, True), ("td3", "mario-press", 200, False),
+    ("ddpg", "mario-press", 200, False),
+])
+def test_mario_smoke_run_writes_a_complete_run_folder(tmp_path, algo, preset, steps, video, one_thread):
+    """Each algorithm's Mario preset at a tiny budget: a complete run folder, updates with a finite loss, the
+    press-duration logs; one run's greedy episode recorded by ``gbmr eval --video``."""
     run = tmp_path / "run"
     assert main(["train", "--algo", algo, "--env", "SuperMarioBros-1-1-v0", "--preset", preset,
                  "--total-steps", str(steps), "--no-progress", "--run-dir", str(run),
@@ -155,5 +160,12 @@ def test_mario_smoke_run_writes_a_complete_run_folder(tmp_path, algo, preset, st
     header, *rows = read_rows(run / "learner.csv")
     last = dict(zip(header, rows[-1], strict=True))
     assert int(last["updates"]) > 0 and np.isfinite(float(last["qf_loss"]))
-    held = [n for n in read_rows(run / "eval.csv")[0] if n.startswith("held_")]
-    assert len(held) == (7 if preset == "mario-press" else 0)
+    eval_header = read_rows(run / "eval.csv")[0]
+    if preset == "mario-press":
+        assert_press_duration_eval_logs(run)
+    else:
+        assert not [n for n in eval_header if n.startswith("held_")]
+        assert len([n for n in eval_header if n.startswith("action_")]) == 7  # the simple set's shares
+    if video:
+        assert main(["eval", str(run), "--episodes", "1", "--video"]) == 0
+        assert list((run / "videos").glob("*.mp4"))
