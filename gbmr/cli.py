@@ -141,9 +141,9 @@ def default_run_dir(algo: str, env: str, seed: int) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from gbmr.envs import make_env
-    from gbmr.envs.registry import episode_metric_names
+    from gbmr.envs.registry import decision_metric_names, episode_metric_names
     from gbmr.experiment.train import load_trained_agent
-    from gbmr.runners.sync import evaluate_episodes, mean_metrics
+    from gbmr.runners.sync import decision_percentiles, evaluate_episodes, mean_metrics
 
     if args.episodes < 1:
         raise GbmrError(f"--episodes must be at least 1, got {args.episodes}")
@@ -162,9 +162,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     env.close()
     print(f"{config.algo} on {config.env}: {args.episodes} episodes")
     print(f"mean {returns.mean():.2f}  std {returns.std():.2f}  min {returns.min():.2f}  max {returns.max():.2f}")
-    env_means = mean_metrics(result.metrics, episode_metric_names(env))
-    if env_means:  # e.g. Mario's shaping terms, x position and flags, means over the episodes
-        print("  ".join(f"{name} {value:.3g}" for name, value in env_means.items()))
+    env_values = {**mean_metrics(result.metrics, episode_metric_names(env)),
+                  **decision_percentiles(result.decisions, decision_metric_names(env))}
+    if env_values:  # e.g. Mario's shaping terms, x position and flags (episode means), frames held (percentiles)
+        print("  ".join(f"{name} {value:.3g}" for name, value in env_values.items()))
     if args.video:
         print(f"videos in {Path(args.run_dir) / 'videos'}")
     return 0

@@ -1,4 +1,5 @@
-"""Helpers for the tests that train through the command line: reading CSV logs, killing runs mid-way."""
+"""Helpers for the tests that train through the command line: reading CSV logs, killing runs mid-way, what a
+press-duration Mario run logs."""
 
 import csv
 import json
@@ -44,3 +45,22 @@ def assert_resume_equals_uninterrupted(train_args, tmp_path, total_steps,
     for name in logs:
         assert read_rows(run / name) == read_rows(reference / name), name
     return reference, run
+
+
+PRESS_BUTTONS = ("up", "down", "left", "right", "A", "B", "noop")
+
+
+def assert_press_duration_eval_logs(run, max_frames=30):
+    """A press-duration run's evaluation logged each button's mean frames held per decision (``held_<button>``),
+    the median and 90th percentile of the frames held (and of the frames per decision) in eval.csv, and a
+    TensorBoard histogram of them per button."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    header, row, *_ = read_rows(run / "eval.csv")
+    values = dict(zip(header, map(float, row), strict=True))
+    assert {f"held_{b}" for b in PRESS_BUTTONS} | {"decision_frames"} <= set(header)
+    for name in ("decision_frames", *(f"held_{b}" for b in PRESS_BUTTONS)):
+        assert 0 <= values[f"{name}_p50"] <= values[f"{name}_p90"] <= max_frames, name
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert {f"eval/decisions/held_{b}" for b in PRESS_BUTTONS} <= set(events.Tags()["histograms"])

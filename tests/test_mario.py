@@ -9,12 +9,12 @@ import importlib.util
 import gymnasium as gym
 import numpy as np
 import pytest
-from run_helpers import read_rows
+from run_helpers import assert_press_duration_eval_logs, read_rows
 
 from gbmr.cli import main
 from gbmr.core.errors import GbmrError
 from gbmr.envs import env_family, env_options, make_env
-from gbmr.envs.mario import SHAPING_TERMS, RewardShaping, shaped_terms
+from gbmr.envs.mario import ACTION_SETS, SHAPING_TERMS, DiscreteButtons, RewardShaping, shaped_terms
 from gbmr.envs.registry import EPISODE_METRICS, episode_metric_names
 
 needs_mario = pytest.mark.skipif(importlib.util.find_spec("gymnasium_mariobros") is None,
@@ -92,6 +92,47 @@ def test_shaping_wrapper_sums_terms_and_forfeits_per_life() -> None:
     assert m == {"reward_progress": 6.0, "reward_score": 5.0, "reward_time": -2.0, "reward_death": -28.0,
                  "reward_flag": 50.0, "x_pos": 46.0, "flag": 1.0}
     assert sum(m[f"reward_{t}"] for t in SHAPING_TERMS) == pytest.approx(sum(rewards))
+
+
+# ---------------------------------------------------------------------------------------------- button sets
+# gym-super-mario-bros' lists (gym_super_mario_bros/actions.py), written out by hand
+RIGHT_ONLY = [["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"]]
+SIMPLE_MOVEMENT = [["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"], ["A"], ["left"]]
+COMPLEX_MOVEMENT = [["NOOP"], ["right"], ["right", "A"], ["right", "B"], ["right", "A", "B"], ["A"], ["left"],
+                    ["left", "A"], ["left", "B"], ["left", "A", "B"], ["down"], ["up"]]
+
+
+class Pad(gym.Env):
+    """A frame-level console that records the controller byte of every frame."""
+
+    observation_space = gym.spaces.Box(0, 1, (1,))
+    action_space = gym.spaces.Discrete(256)
+
+    def __init__(self) -> None:
+        self.pressed: list[int] = []
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1), {}
+
+    def step(self, action):
+        self.pressed.append(int(action))
+        return np.zeros(1), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize(("name", "combos", "bytes_"), [
+    # the NES controller byte (cynes): right 1, left 2, down 4, up 8, B 64, A 128
+    ("right_only", RIGHT_ONLY, [0, 1, 129, 65, 193]),
+    ("simple", SIMPLE_MOVEMENT, [0, 1, 129, 65, 193, 128, 2]),
+    ("complex", COMPLEX_MOVEMENT, [0, 1, 129, 65, 193, 128, 2, 130, 66, 194, 4, 8]),
+])
+def test_button_sets_are_gym_super_mario_bros_and_press_their_buttons(name: str, combos: list, bytes_: list) -> None:
+    assert [list(c) for c in ACTION_SETS[name]] == [["noop" if b == "NOOP" else b for b in c] for c in combos]
+    pad = Pad()
+    env = DiscreteButtons(pad, ACTION_SETS[name], frame_skip=2)
+    assert env.action_space == gym.spaces.Discrete(len(combos))
+    for action in range(len(combos)):
+        env.step(action)
+    assert pad.pressed == [b for b in bytes_ for _ in range(2)]  # each held for frame_skip frames
 
 
 # ---------------------------------------------------------------------------------------------- ids, options
@@ -220,7 +261,8 @@ def test_ppo_smoke_run_logs_the_terms(tmp_path, actions: str) -> None:
         assert float(values["x_pos"]) >= 40
     eval_header, eval_row = read_rows(run / "eval.csv")
     assert set(terms) | {"x_pos", "flag"} <= set(eval_header)
-    shares = [name for name in eval_header if name.startswith("held_" if actions == "press_duration" else "action_")]
+    shares = [name for name in eval_header if name.startswith("held_" if actions == "press_duration" else "action_")
+              and not name.endswith(("_p50", "_p90"))]
     assert len(shares) == 7
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -229,6 +271,8 @@ def test_ppo_smoke_run_logs_the_terms(tmp_path, actions: str) -> None:
     assert {"train/x_pos", "train/reward_death", "eval/x_pos", "eval/reward_progress", "eval/flag"} <= set(
         events.Tags()["scalars"])
     assert ("eval/actions" if actions == "simple" else "eval/action_6") in events.Tags()["histograms"]
+    if actions == "press_duration":
+        assert_press_duration_eval_logs(run)
     if actions == "simple":  # action shares of the evaluation's decisions
         assert sum(float(eval_row[eval_header.index(n)]) for n in shares) == pytest.approx(1.0)
         assert main(["eval", str(run), "--episodes", "1", "--video"]) == 0

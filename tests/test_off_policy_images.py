@@ -9,16 +9,19 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from run_helpers import read_rows
+from run_helpers import assert_press_duration_eval_logs, assert_resume_equals_uninterrupted, read_rows
 
 from gbmr.agents.sac import SACAgent, SACConfig
 from gbmr.agents.td3 import TD3Agent, TD3Config
 from gbmr.cli import main
+from gbmr.core.run_dir import RunDir
 
 FRAMES = gym.spaces.Box(0, 255, (2, 36, 36), np.uint8)  # the smallest frames the Nature CNN takes
 DISCRETE = gym.spaces.Discrete(3)
 BOX = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 CPU = torch.device("cpu")
+needs_mario = pytest.mark.skipif(importlib.util.find_spec("gymnasium_mariobros") is None,
+                                 reason="gymnasium-mariobros is not installed (pip install -e '.[mario]')")
 
 
 def make(cls, config, action_space, num_envs=2):
@@ -139,11 +142,15 @@ def test_td3_on_frames_target_by_hand_and_actions_in_bounds():
     assert acted.shape == (2, 2) and np.all(np.abs(acted) <= 1.0)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gymnasium_mariobros") is None,
-                    reason="gymnasium-mariobros is not installed (pip install -e '.[mario]')")
+@needs_mario
 @pytest.mark.slow
-@pytest.mark.parametrize(("algo", "preset", "steps"), [("sac", "mario", 300), ("td3", "mario-press", 200)])
-def test_mario_smoke_run_writes_a_complete_run_folder(tmp_path, algo, preset, steps, one_thread):
+@pytest.mark.parametrize(("algo", "preset", "steps", "video"), [
+    ("sac", "mario", 300, False), ("sac", "mario-press", 200, True), ("td3", "mario-press", 200, False),
+    ("ddpg", "mario-press", 200, False),
+])
+def test_mario_smoke_run_writes_a_complete_run_folder(tmp_path, algo, preset, steps, video, one_thread):
+    """Each algorithm's Mario preset at a tiny budget: a complete run folder, updates with a finite loss, the
+    press-duration logs; one run's greedy episode recorded by ``gbmr eval --video``."""
     run = tmp_path / "run"
     assert main(["train", "--algo", algo, "--env", "SuperMarioBros-1-1-v0", "--preset", preset,
                  "--total-steps", str(steps), "--no-progress", "--run-dir", str(run),
@@ -155,5 +162,31 @@ def test_mario_smoke_run_writes_a_complete_run_folder(tmp_path, algo, preset, st
     header, *rows = read_rows(run / "learner.csv")
     last = dict(zip(header, rows[-1], strict=True))
     assert int(last["updates"]) > 0 and np.isfinite(float(last["qf_loss"]))
-    held = [n for n in read_rows(run / "eval.csv")[0] if n.startswith("held_")]
-    assert len(held) == (7 if preset == "mario-press" else 0)
+    eval_header = read_rows(run / "eval.csv")[0]
+    if preset == "mario-press":
+        assert_press_duration_eval_logs(run)
+    else:
+        assert not [n for n in eval_header if n.startswith("held_")]
+        assert len([n for n in eval_header if n.startswith("action_")]) == 7  # the simple set's shares
+    if video:
+        assert main(["eval", str(run), "--episodes", "1", "--video"]) == 0
+        assert list((run / "videos").glob("*.mp4"))
+
+
+@needs_mario
+@pytest.mark.slow
+def test_sac_on_mario_resumes_exactly_after_kills(tmp_path, one_thread):
+    """Discrete SAC (mario preset) killed twice and resumed writes the logs and weights of the uninterrupted run.
+    Learning starts at step 20 and the first kill waits for the first checkpoint (step 40), so the killed run
+    has updated its nets; 60-decision episodes are cut mid-way (the collector's replay), the 200-slot replay
+    wraps, the target copies every 10 updates."""
+    args = ["--algo", "sac", "--env", "SuperMarioBros-1-1-v0", "--preset", "mario", "--seed", "3",
+            "--total-steps", "240", "--no-progress", "--set", "learning_starts=20", "--set", "buffer_size=200",
+            "--set", "batch_size=8", "--set", "checkpoint_every=40", "--set", "target_network_frequency=10",
+            "--set", "eval_every=120", "--set", "eval_episodes=1", "--set", "eval_max_steps=30",
+            "--set", "env_options.max_episode_steps=60"]
+    reference, run = assert_resume_equals_uninterrupted(args, tmp_path, 240)
+    ours, theirs = RunDir(run).load_checkpoint()["agent"], RunDir(reference).load_checkpoint()["agent"]
+    for part in ("actor", "encoder", "critic_target"):
+        for key, value in theirs["learner"][part].items():
+            assert torch.equal(ours["learner"][part][key], value), (part, key)

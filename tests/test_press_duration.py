@@ -1,5 +1,6 @@
-"""Note 002's press-duration wrapper on a scripted frame-level env: which buttons are held on which frames, and
-when the agent gets control back (hand-worked sequences)."""
+"""Note 002's press-duration wrapper on a scripted frame-level env: which buttons are held on which frames, when
+the agent gets control back, and the distribution of press durations an evaluation logs (hand-worked
+sequences)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 from gbmr.core.errors import GbmrError
 from gbmr.envs.press_duration import FPS, NES_BUTTONS, PressDuration, frame_counts
-from gbmr.envs.registry import EPISODE_METRICS
+from gbmr.envs.registry import DECISION_METRICS, EPISODE_METRICS, decision_metric_names
+from gbmr.runners.sync import decision_percentiles, evaluate_episodes, percentile_columns
 
 UP, DOWN, LEFT, RIGHT, A, B, NOOP = range(7)
 MASK = dict(NES_BUTTONS)
@@ -74,6 +76,9 @@ def test_buttons_held_until_the_shortest_runs_out() -> None:
     metrics = info[EPISODE_METRICS]
     assert metrics["decision_frames"] == pytest.approx(11 / 4)
     assert metrics["held_right"] == pytest.approx(9 / 4) and metrics["held_A"] == pytest.approx(2 / 4)
+    # this decision alone: 4 frames, right and noop down all of them
+    assert info[DECISION_METRICS] == {"decision_frames": 4.0, "held_up": 0.0, "held_down": 0.0, "held_left": 0.0,
+                                      "held_right": 4.0, "held_A": 0.0, "held_B": 0.0, "held_noop": 4.0}
 
 
 def test_minimum_frames_per_decision() -> None:
@@ -129,6 +134,45 @@ def test_episode_end_stops_the_decision_and_reset_clears() -> None:
     assert env.remaining.sum() == 0
     env.step(values(A=0.2))
     assert game.pressed == [MASK["A"]] * 2
+
+
+class Script:
+    """An agent that plays a fixed list of actions, one per step, across episodes."""
+
+    def __init__(self, actions: list[np.ndarray]) -> None:
+        self.actions = list(actions)
+
+    def begin_evaluation_episode(self) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, explore: bool = False) -> np.ndarray:
+        return self.actions.pop(0)[None]
+
+
+def test_evaluation_pools_the_frames_held_per_decision_into_percentiles() -> None:
+    """Two episodes of an 11-frame game. The first: right + A 2 frames, right 3, nothing 2, right + noop 4 (the
+    sequence above); the second: right 10 frames, then 1 frame released (the game ends). Frames right is held in
+    the six decisions: 2, 3, 0, 4, 10, 0; sorted 0 0 2 3 4 10, so the median is (2 + 3) / 2 = 2.5 and the 90th
+    percentile sits at rank 0.9 x 5 = 4.5: 4 + 0.5 x (10 - 4) = 7 (the mean of the episodes' own percentiles,
+    (2.5 + 5) / 2 and (3.7 + 9) / 2, would be 3.75 and 6.35)."""
+    env = wrapper(FrameLog(end=11))
+    script = [values(right=0.5, A=0.2), values(), values(), values(noop=0.4, right=1.0), values(right=1.0), values()]
+    result = evaluate_episodes(Script(script), env, episodes=2, base_seed=0)
+    assert result.decisions["held_right"].tolist() == [2, 3, 0, 4, 10, 0]
+    assert result.decisions["decision_frames"].tolist() == [2, 3, 2, 4, 10, 1]
+    names = decision_metric_names(env)
+    assert names == ("decision_frames", "held_up", "held_down", "held_left", "held_right", "held_A", "held_B",
+                     "held_noop")
+    assert percentile_columns(names)[:4] == ("decision_frames_p50", "decision_frames_p90", "held_up_p50",
+                                             "held_up_p90")
+    percentiles = decision_percentiles(result.decisions, names)
+    assert list(percentiles) == list(percentile_columns(names))
+    assert percentiles["held_right_p50"] == pytest.approx(2.5) and percentiles["held_right_p90"] == pytest.approx(7.0)
+    # A: 2 0 0 0 0 0 -> median 0, 90th percentile 0.5 x 2 = 1; frames per decision: 1 2 2 3 4 10 -> 2.5 and 7
+    assert percentiles["held_A_p50"] == 0.0 and percentiles["held_A_p90"] == pytest.approx(1.0)
+    assert percentiles["decision_frames_p50"] == pytest.approx(2.5)
+    assert percentiles["decision_frames_p90"] == pytest.approx(7.0)
+    assert percentiles["held_up_p90"] == 0.0
 
 
 def test_bad_settings() -> None:

@@ -292,14 +292,14 @@ def test_discrete_sac_runs_on_cartpole(tmp_path, one_thread):
     assert 0 < float(values["alpha"]) < 1 and 0 < float(values["entropy"]) <= math.log(2) + 1e-6
 
 
-@pytest.mark.parametrize("algo", ["td3", "ddpg"])
-def test_other_continuous_envs_are_accepted(tmp_path, algo, one_thread):
+@pytest.mark.parametrize(("algo", "extra"), [("sac", []), ("td3", ["--set", "noise_type=ou"]),
+                                           ("ddpg", ["--set", "noise_type=ou"])])
+def test_other_continuous_envs_are_accepted(tmp_path, algo, extra, one_thread):
     for env_id in ("MountainCarContinuous-v0", "LunarLanderContinuous-v3"):
         run = tmp_path / env_id
         assert main(["train", "--algo", algo, "--env", env_id, "--total-steps", "300", "--no-progress",
                      "--set", "learning_starts=100", "--set", "batch_size=16", "--set", "hidden=[16]",
-                     "--set", "eval_every=300", "--set", "eval_episodes=1", "--set", "noise_type=ou",
-                     "--run-dir", str(run)]) == 0
+                     "--set", "eval_every=300", "--set", "eval_episodes=1", *extra, "--run-dir", str(run)]) == 0
         assert len(read_rows(run / "eval.csv")) == 2
 
 
@@ -337,6 +337,49 @@ def test_ddpg_improves_on_pendulum(tmp_path, one_thread):
                  "--no-progress", "--set", "eval_every=2000", "--run-dir", str(run)]) == 0
     returns = evaluations(run)
     assert returns[-1] > returns[0] + 300
+
+
+def test_polyak_update_by_hand():
+    from gbmr.agents.optim import polyak_update
+
+    target = [torch.tensor([1.0, 2.0]), torch.tensor([[-4.0]])]
+    online = [torch.tensor([3.0, -2.0]), torch.tensor([[6.0]])]
+    polyak_update(target, online, 0.005)
+    # 0.995 * 1 + 0.005 * 3 = 1.01; 0.995 * 2 + 0.005 * -2 = 1.98; 0.995 * -4 + 0.005 * 6 = -3.95
+    assert torch.allclose(target[0], torch.tensor([1.01, 1.98])) and torch.allclose(target[1], torch.tensor([[-3.95]]))
+    assert torch.equal(online[0], torch.tensor([3.0, -2.0]))  # the online parameters are left alone
+    polyak_update(target, online, 1.0)  # a hard copy, not an alias
+    assert all(torch.equal(t, o) for t, o in zip(target, online, strict=True))
+    online[0].add_(1.0)
+    assert torch.equal(target[0], torch.tensor([3.0, -2.0]))
+
+
+def params(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("cls", [SACAgent, TD3Agent])
+def test_an_update_moves_the_targets_by_polyak_averaging(cls):
+    """After one update (an actor step too: policy_frequency 1), every target parameter is (1 - tau) old target +
+    tau new online parameter. The targets start away from the online nets, so a skipped update fails."""
+    config = (SACConfig if cls is SACAgent else TD3Config)(hidden=(8,), learning_starts=0, policy_frequency=1,
+                                                           tau=0.25)
+    learner = make(cls, config).learner
+    pairs = [(learner.critic_target, learner.critic)]
+    if cls is TD3Agent:
+        pairs.append((learner.actor_target, learner.actor))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for target, _ in pairs:
+            for p in target.parameters():
+                p.add_(torch.randn(p.shape, generator=g))
+    old = [params(target) for target, _ in pairs]
+    learner.gradient_step(*batch())
+    for (target, online), before in zip(pairs, old, strict=True):
+        new_online = params(online)
+        assert any(not torch.equal(a, b) for a, b in zip(before, params(target), strict=True))
+        for a, b, p in zip(before, new_online, target.parameters(), strict=True):
+            torch.testing.assert_close(p, 0.75 * a + 0.25 * b, rtol=0, atol=1e-6)
 
 
 def test_adam_step_equals_optimizer_step():

@@ -18,6 +18,11 @@ frames. The ``noop`` button presses nothing: its count only says how long to wai
 
 The frame-level env takes an int bitmask of held buttons (the NES controller byte); rewards are summed over the
 frames, the observation is the last frame's, and the decision stops early where the episode ends.
+
+Logged: the frames per decision and each button's frames down per decision, as episode means
+(``info["episode_metrics"]``: ``decision_frames``, ``held_<button>``) and as each decision's own values
+(``info["decision_metrics"]``, same names), whose spread over an evaluation the runner logs (median and 90th
+percentile in eval.csv, TensorBoard histograms).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 from gymnasium.spaces import Box
 
 from gbmr.core.errors import GbmrError, unknown_choice
-from gbmr.envs.registry import EPISODE_METRICS, merge_episode_metrics
+from gbmr.envs.registry import DECISION_METRICS, EPISODE_METRICS, merge_episode_metrics
 
 FPS = 60  # NES frames per second (60.0988 on NTSC hardware; the note rounds to 60)
 SQUASHES = ("sigmoid", "tanh")
@@ -68,6 +73,7 @@ class PressDuration(gym.Wrapper):
         self.action_space = Box(-1.0, 1.0, shape=(len(buttons),), dtype=np.float32)
         self.remaining = np.zeros(len(buttons), dtype=np.int64)
         self.episode_metric_names = ("decision_frames", *(f"held_{name}" for name in self.names))
+        self.decision_metric_names = self.episode_metric_names  # each decision's own, whose means those are
         self._decisions = 0
         self._frames = 0
         self._held = np.zeros(len(buttons), dtype=np.int64)  # frames each button was down this episode
@@ -89,13 +95,14 @@ class PressDuration(gym.Wrapper):
     def step(self, action: np.ndarray):
         self.press(action)
         total, frames, ran_out = 0.0, 0, False
+        held_frames = np.zeros(len(self.names), dtype=np.int64)  # frames each button is down in this decision
         while True:
             held = self.remaining > 0
             obs, reward, terminated, truncated, info = self.env.step(int(np.bitwise_or.reduce(self.masks[held]))
                                                                      if held.any() else 0)
             total += float(reward)
             frames += 1
-            self._held += held
+            held_frames += held
             self.remaining[held] -= 1
             # control returns once a held button has run out (or nothing was held) and N frames have passed
             ran_out = ran_out or not held.any() or bool(np.any(held & (self.remaining == 0)))
@@ -103,8 +110,13 @@ class PressDuration(gym.Wrapper):
                 break
         self._decisions += 1
         self._frames += frames
-        stats = {"decision_frames": self._frames / self._decisions,
-                 **{f"held_{name}": float(h) / self._decisions for name, h in zip(self.names, self._held, strict=True)}}
+        self._held += held_frames
         info = {**info, "frames": frames, "remaining": self.remaining.copy(),
-                EPISODE_METRICS: merge_episode_metrics(info, stats)}
+                EPISODE_METRICS: merge_episode_metrics(info, self._stats(self._frames, self._held, self._decisions)),
+                DECISION_METRICS: self._stats(frames, held_frames, 1)}
         return obs, total, terminated, truncated, info
+
+    def _stats(self, frames: int, held: np.ndarray, decisions: int) -> dict[str, float]:
+        """Frames per decision and each button's frames down per decision, over ``decisions`` decisions."""
+        return {"decision_frames": frames / decisions,
+                **{f"held_{name}": float(h) / decisions for name, h in zip(self.names, held, strict=True)}}

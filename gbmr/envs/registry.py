@@ -174,6 +174,7 @@ class LayoutSchedule:
 
 
 EPISODE_METRICS = "episode_metrics"  # info key: the episode's running metrics, logged when it ends
+DECISION_METRICS = "decision_metrics"  # info key: this step's own values (e.g. frames each button was held)
 
 
 def merge_episode_metrics(info: dict[str, Any], metrics: dict[str, float]) -> dict[str, float]:
@@ -186,7 +187,19 @@ def episode_metric_names(env: gym.Env) -> tuple[str, ...]:
     eval.csv). An env declares them as ``episode_metric_names`` on its outermost wrapper; most envs have none.
     The running values sit in every step's info, so the episode's last info holds them whichever wrapper
     (a time limit, say) ends it."""
+    return _declared_names(env, "episode_metric_names")
+
+
+def decision_metric_names(env: gym.Env) -> tuple[str, ...]:
+    """Names of the per-decision values an env reports in each step's ``info[DECISION_METRICS]``: an episode
+    mean hides how they spread, so the evaluation logs their distribution over its decisions (median and 90th
+    percentile in eval.csv, histograms in TensorBoard). Declared as ``decision_metric_names`` on any wrapper;
+    most envs have none."""
+    return _declared_names(env, "decision_metric_names")
+
+
+def _declared_names(env: gym.Env, attribute: str) -> tuple[str, ...]:
     try:
-        return tuple(env.get_wrapper_attr("episode_metric_names"))
+        return tuple(env.get_wrapper_attr(attribute))
     except AttributeError:
         return ()

@@ -22,21 +22,24 @@ from gbmr.config import RunConfig
 from gbmr.core.run_dir import EPISODE_COLUMNS, EVAL_COLUMNS, LEARNER_COLUMNS, CsvLog, RunDir
 from gbmr.core.seeding import derive_seed
 from gbmr.core.state import to_numpy, to_saveable
-from gbmr.envs.registry import EPISODE_METRICS, episode_metric_names
+from gbmr.envs.registry import DECISION_METRICS, EPISODE_METRICS, decision_metric_names, episode_metric_names
 from gbmr.runners.collector import Collector, batch_of_one
 
 EVAL_STREAM = 1_000_000  # evaluation episodes' seed stream (training env i uses stream i)
 LOG_EVERY = 1000  # env steps between TensorBoard points of the training curves (and progress bar updates)
 TENSORBOARD_TAGS = {"return": "episode_return", "length": "episode_length"}
+PERCENTILES = (50, 90)  # of each per-decision env metric over an evaluation's decisions: eval.csv <name>_p<q>
 
 
 class Evaluation(NamedTuple):
     """Greedy episodes: their returns, the env's episode metrics (one dict per episode; see
-    registry.episode_metric_names) and every action taken, in order."""
+    registry.episode_metric_names), every action taken, in order, and the env's per-decision metrics at each of
+    those steps (registry.decision_metric_names; one array per name)."""
 
     returns: np.ndarray
     metrics: list[dict[str, float]]
     actions: np.ndarray
+    decisions: dict[str, np.ndarray]
 
 
 def evaluate_episodes(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_index: int = 0,
@@ -46,6 +49,7 @@ def evaluate_episodes(agent: Agent, env: gym.Env, episodes: int, base_seed: int,
     returns = np.zeros(episodes)
     metrics: list[dict[str, float]] = []
     actions: list[Any] = []
+    decisions: dict[str, list[float]] = {}
     for k in range(episodes):
         obs, info = env.reset(seed=derive_seed(base_seed, EVAL_STREAM, first_index + k))
         agent.begin_evaluation_episode()
@@ -55,10 +59,13 @@ def evaluate_episodes(agent: Agent, env: gym.Env, episodes: int, base_seed: int,
             actions.append(action)
             obs, reward, terminated, truncated, info = env.step(action)
             returns[k] += float(reward)
+            for name, value in info.get(DECISION_METRICS, {}).items():
+                decisions.setdefault(name, []).append(float(value))
             steps += 1
             done = terminated or truncated or steps >= max_steps
         metrics.append({key: float(v) for key, v in info.get(EPISODE_METRICS, {}).items()})
-    return Evaluation(returns, metrics, np.asarray(actions))
+    return Evaluation(returns, metrics, np.asarray(actions),
+                      {name: np.asarray(values) for name, values in decisions.items()})
 
 
 def evaluate(agent: Agent, env: gym.Env, episodes: int, base_seed: int, first_index: int = 0,
@@ -71,6 +78,21 @@ def mean_metrics(metrics: list[dict[str, float]], names: tuple[str, ...]) -> dic
     """The mean over episodes of each named metric the episodes reported."""
     return {name: float(np.mean(values)) for name in names
             if (values := [m[name] for m in metrics if name in m])}
+
+
+def percentile_columns(names: tuple[str, ...]) -> tuple[str, ...]:
+    """eval.csv's columns for the per-decision metrics ``names``: ``<name>_p50``, ``<name>_p90``."""
+    return tuple(f"{name}_p{q}" for name in names for q in PERCENTILES)
+
+
+def decision_percentiles(decisions: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, float]:
+    """The median and 90th percentile of each named per-decision metric over all the evaluation's decisions
+    (its episodes pooled; numpy's linear interpolation between order statistics)."""
+    result: dict[str, float] = {}
+    for name in names:
+        if len(values := decisions.get(name, ())):
+            result.update(zip(percentile_columns((name,)), np.percentile(values, PERCENTILES).tolist(), strict=True))
+    return result
 
 
 class SyncRunner:
@@ -111,10 +133,11 @@ class SyncRunner:
             self._start()
         runner = checkpoint["runner"] if resuming else {}
         self.env_metric_names = episode_metric_names(self.eval_env)  # e.g. Mario's shaping terms, x, flags
+        self.decision_names = decision_metric_names(self.eval_env)  # e.g. frames each button is held
         columns = EPISODE_COLUMNS + self.env_metric_names + tuple(self.agent.metric_names)
         self.metrics = CsvLog(self.run.metrics, columns, runner["metrics_rows"] if resuming else None)
-        self.evals = CsvLog(self.run.eval, EVAL_COLUMNS + self.env_metric_names,
-                            runner["eval_rows"] if resuming else None)
+        self.evals = CsvLog(self.run.eval, EVAL_COLUMNS + self.env_metric_names + percentile_columns(
+            self.decision_names), runner["eval_rows"] if resuming else None)
         self.learner = CsvLog(self.run.learner, LEARNER_COLUMNS + tuple(self.agent.metric_names),
                               runner.get("learner_rows", 0) if resuming else None)
         # The checkpoint's own step was fully logged before it was saved (evaluation, TensorBoard points): keep it.
@@ -228,12 +251,16 @@ class SyncRunner:
         self.evaluations += 1
         row = {"step": self.step, "mean_return": float(returns.mean()), "std_return": float(returns.std()),
                "min_return": float(returns.min()), "max_return": float(returns.max()), "episodes": len(returns)}
-        env_means = mean_metrics(result.metrics, self.env_metric_names)
-        evals.write({**row, **env_means})
+        env_values = {**mean_metrics(result.metrics, self.env_metric_names),
+                      **decision_percentiles(result.decisions, self.decision_names)}
+        evals.write({**row, **env_values})
         writer.add_scalar("eval/mean_return", row["mean_return"], self.step)
-        for name, value in env_means.items():
+        for name, value in env_values.items():
             writer.add_scalar(f"eval/{name}", value, self.step)
         log_action_histograms(writer, result.actions, self.step)
+        for name in self.decision_names:  # e.g. frames held per decision, where eval.csv has two percentiles
+            if len(values := result.decisions.get(name, ())):
+                writer.add_histogram(f"eval/decisions/{name}", values, self.step)
 
     def _accumulate(self, metrics: dict[str, float]) -> None:
         if metrics:
