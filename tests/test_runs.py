@@ -8,6 +8,8 @@ import yaml
 from run_helpers import assert_resume_equals_uninterrupted, read_rows
 
 from gbmr.cli import main
+from gbmr.core.errors import GbmrError
+from gbmr.core.run_dir import CsvLog
 
 SMALL = ["--algo", "dqn", "--env", "CartPole-v1", "--seed", "3", "--total-steps", "3000", "--no-progress",
          "--set", "learning_starts=300", "--set", "train_freq=4", "--set", "gradient_steps=1",
@@ -54,6 +56,24 @@ def test_same_seed_same_metrics(tmp_path):
     train(tmp_path / "b")
     assert read_rows(tmp_path / "a" / "metrics.csv") == read_rows(tmp_path / "b" / "metrics.csv")
     assert read_rows(tmp_path / "a" / "eval.csv") == read_rows(tmp_path / "b" / "eval.csv")
+
+
+def test_csv_log_resumes_by_truncating_and_refuses_other_columns(tmp_path):
+    """Resuming keeps the checkpoint's rows; a log with another header (a gbmr version that added a column)
+    is refused untouched rather than appended to under the wrong names."""
+    path = tmp_path / "eval.csv"
+    log = CsvLog(path, ("step", "mean_return"))
+    for step in (1, 2, 3):
+        log.write({"step": step, "mean_return": step / 2})
+    log.close()
+    resumed = CsvLog(path, ("step", "mean_return"), resume_rows=2)
+    resumed.write({"step": 9, "mean_return": 0.25})
+    resumed.close()
+    assert path.read_text().splitlines() == ["step,mean_return", "1,0.5", "2,1", "9,0.25"]
+    before = path.read_text()
+    with pytest.raises(GbmrError, match=r"new: \['x_pos_p50'\], gone: none"):
+        CsvLog(path, ("step", "mean_return", "x_pos_p50"), resume_rows=2)
+    assert path.read_text() == before
 
 
 def test_resume_without_its_checkpoint_refuses_and_keeps_the_logs(tmp_path, capsys):

@@ -102,6 +102,12 @@ class CsvLog:
     def _truncate(self, rows: int) -> None:
         with open(self.path, newline="") as f:
             lines = f.readlines()[: rows + 1]
+        header = next(csv.reader(lines[:1]), [])
+        if tuple(header) != self.columns:  # rows written now would land under the wrong names
+            added = [c for c in self.columns if c not in header]
+            dropped = [c for c in header if c not in self.columns]
+            raise GbmrError(f"'{self.path}' has other columns than this version of gbmr writes (new: {added or 'none'}"
+                            f", gone: {dropped or 'none'}); resume it with the gbmr version that started it")
         atomic_write_text(self.path, "".join(lines))
 
     def write(self, row: dict[str, Any]) -> None:
