@@ -16,14 +16,18 @@ def read_rows(path):
 
 
 def kill_twice(train_args, run, total_steps):
-    """Start ``gbmr train *train_args --run-dir run`` in a subprocess, SIGKILL it once a checkpoint exists,
-    resume it with ``--resume`` and kill it again, at different moments; assert it had not finished."""
+    """Start ``gbmr train *train_args --run-dir run`` in a subprocess, SIGKILL it once it has written a
+    checkpoint, resume it with ``--resume`` and kill it again once the resumed process has written one of its own
+    (so the second kill interrupts training, not start-up), at different moments; assert it had not finished."""
     cmd = [sys.executable, "-m", "gbmr", "train", *train_args, "--run-dir", str(run)]
-    for delay in (0.4, 0.7):
+    checkpoint = run / "checkpoints" / "latest.pt"
+    for delay in (0.4, 0.0):  # the second right after the resumed process's first checkpoint, before it finishes
+        before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
         proc = subprocess.Popen(cmd if not (run / "config.yaml").exists() else
                                 [sys.executable, "-m", "gbmr", "train", "--resume", str(run), "--no-progress"])
         deadline = time.time() + 60
-        while not (run / "checkpoints" / "latest.pt").exists() and time.time() < deadline:
+        while proc.poll() is None and time.time() < deadline and (
+                not checkpoint.exists() or checkpoint.stat().st_mtime_ns == before):
             time.sleep(0.05)
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
