@@ -1,13 +1,19 @@
 """Helpers for the tests that train through the command line: reading CSV logs, killing runs mid-way, what a
-press-duration Mario run logs."""
+press-duration Mario run logs, the marker of tests that need the Mario emulator."""
 
 import csv
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
+
+needs_mario = pytest.mark.skipif(importlib.util.find_spec("gymnasium_mariobros") is None,
+                                 reason="gymnasium-mariobros is not installed (pip install -e '.[mario]')")
 
 
 def read_rows(path):

@@ -4,12 +4,10 @@ Tests that need the emulator skip when gymnasium-mariobros is not installed (scr
 
 from __future__ import annotations
 
-import importlib.util
-
 import gymnasium as gym
 import numpy as np
 import pytest
-from run_helpers import assert_press_duration_eval_logs, read_rows
+from run_helpers import assert_press_duration_eval_logs, needs_mario, read_rows
 
 from gbmr.cli import main
 from gbmr.core.errors import GbmrError
@@ -17,8 +15,6 @@ from gbmr.envs import env_family, env_options, make_env
 from gbmr.envs.mario import ACTION_SETS, SHAPING_TERMS, DiscreteButtons, RewardShaping, shaped_terms
 from gbmr.envs.registry import EPISODE_METRICS, episode_metric_names
 
-needs_mario = pytest.mark.skipif(importlib.util.find_spec("gymnasium_mariobros") is None,
-                                 reason="gymnasium-mariobros is not installed (pip install -e '.[mario]')")
 WEIGHTS = {"progress": 1.0, "score": 0.01, "time": 1.0, "death": 25.0, "flag": 50.0}
 
 

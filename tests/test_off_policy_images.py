@@ -3,13 +3,16 @@ critic targets through the target encoder on hand-made batches, and Mario smoke 
 
 from __future__ import annotations
 
-import importlib.util
-
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from run_helpers import assert_press_duration_eval_logs, assert_resume_equals_uninterrupted, read_rows
+from run_helpers import (
+    assert_press_duration_eval_logs,
+    assert_resume_equals_uninterrupted,
+    needs_mario,
+    read_rows,
+)
 
 from gbmr.agents.sac import SACAgent, SACConfig
 from gbmr.agents.td3 import TD3Agent, TD3Config
@@ -20,8 +23,6 @@ FRAMES = gym.spaces.Box(0, 255, (2, 36, 36), np.uint8)  # the smallest frames th
 DISCRETE = gym.spaces.Discrete(3)
 BOX = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 CPU = torch.device("cpu")
-needs_mario = pytest.mark.skipif(importlib.util.find_spec("gymnasium_mariobros") is None,
-                                 reason="gymnasium-mariobros is not installed (pip install -e '.[mario]')")
 
 
 def make(cls, config, action_space, num_envs=2):
