@@ -60,15 +60,13 @@ def resume_run(path: str | Path, progress: bool = True) -> RunDir:
     """
     run = RunDir.existing(path)
     config = load_run_config(run)
-    if not run.latest.is_file():
-        step = int(run.read_status().get("step", 0))
-        if step > 0:
-            raise GbmrError(f"'{path}' logged {step} steps but has no checkpoint ({run.latest}); resuming would "
-                            "restart from step 0 and overwrite its logs. Restore checkpoints/latest.pt, or start "
-                            f"a new run from its config: gbmr train --algo {config.algo} --env {config.env} "
-                            f"--config {run.config} --run-dir NEW_DIR")
-    runner = _runner(config, run, progress)
-    runner.train(run.load_checkpoint() if run.latest.is_file() else None)
+    checkpoint = run.load_checkpoint() if run.latest.is_file() else None
+    if checkpoint is None and (step := int(run.read_status().get("step", 0))) > 0:
+        raise GbmrError(f"'{path}' logged {step} steps but has no checkpoint ({run.latest}); resuming would "
+                        "restart from step 0 and overwrite its logs. Restore checkpoints/latest.pt, or start "
+                        f"a new run from its config: gbmr train --algo {config.algo} --env {config.env} "
+                        f"--config {run.config} --run-dir NEW_DIR")
+    _runner(config, run, progress).train(checkpoint)
     return run
 
 
